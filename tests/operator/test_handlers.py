@@ -1,0 +1,70 @@
+"""The kopf handlers' own logic (the daemons' loops run against the real API server in tests/k8s)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import kopf
+import pytest
+
+from skiplock.operator import handlers
+from skiplock.operator.observe import PodInfo
+
+from .fakes import FakeKube
+from .support import Events, runtime
+
+
+class Stopped:
+    """What kopf gives an async daemon as ``stopped``, as far as ``_pause`` uses it."""
+
+    def __init__(self) -> None:
+        self.flag = asyncio.Event()
+
+    async def wait(self) -> bool:
+        return await self.flag.wait()
+
+
+def test_the_registry_holds_the_operator_handlers() -> None:
+    ids = {h.id for h in handlers.registry._spawning.get_all_handlers()}
+    assert ids == {"scaler", "recovery"}
+    assert {h.id for h in handlers.registry._indexing.get_all_handlers()} == {"worker_pods"}
+    assert {h.id for h in handlers.registry._changing.get_all_handlers()} == {"schedules"}  # on deletion
+    assert kopf.get_default_registry() is not handlers.registry
+
+
+def test_worker_pods_are_indexed_by_jobqueue_and_pool() -> None:
+    body = kopf.Body({"metadata": {"name": "jq-cpu-1-abcde", "namespace": "ns",
+                                   "labels": {"skiplock.dev/jobqueue": "jq", "skiplock.dev/pool": "cpu"}}})
+    entry = handlers.worker_pods(namespace="ns", labels=body.metadata.labels, body=body)
+    assert entry == {("ns", "jq", "cpu"): PodInfo(name="jq-cpu-1-abcde", jobqueue="jq", pool="cpu")}
+
+
+async def test_a_new_generation_wakes_the_scaler_a_status_write_does_not() -> None:
+    rt = runtime(FakeKube(), Events())
+    jq = rt.jobqueue("ns", "jq")
+    jq.generation = 3
+    memo = kopf.Memo(runtime=rt)
+    handlers.jobqueue_changed(namespace="ns", name="jq", meta={"generation": 3}, memo=memo)
+    assert not jq.wake.is_set()
+    handlers.jobqueue_changed(namespace="ns", name="jq", meta={"generation": 4}, memo=memo)
+    assert jq.wake.is_set()
+    started = time.monotonic()
+    await handlers._first(Stopped(), jq.wake.wait(), timeout=10)  # type: ignore[arg-type]
+    assert time.monotonic() - started < 1
+    await rt.close()
+
+
+async def test_a_stopped_daemon_stops_waiting_and_working_at_once() -> None:
+    stopped = Stopped()
+    asyncio.get_running_loop().call_later(0.1, stopped.flag.set)
+    started = time.monotonic()
+    work = asyncio.ensure_future(asyncio.sleep(30))
+    await handlers._first(stopped, work, timeout=10)  # type: ignore[arg-type]
+    assert time.monotonic() - started < 1 and work.cancelled()
+    await handlers._first(Stopped(), timeout=0.1)  # type: ignore[arg-type]
+
+
+def test_handlers_refuse_a_memo_without_the_runtime() -> None:
+    with pytest.raises(RuntimeError, match="skiplock operator"):
+        handlers.runtime_of(kopf.Memo())

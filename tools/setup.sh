@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Install skiplock into .venv (Python 3.11+). With --test, also everything the test tiers use:
+# test Python packages, Debian packages (as root), helm, hadolint, and the Kubernetes control
+# plane binaries (built once from Go modules into a cache outside the repo).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+# operator/ (skiplock.operator) shares its name with a stdlib module: a PYTHONPATH naming this
+# directory would shadow the stdlib for every Python started here, so none is inherited.
+unset PYTHONPATH
+step() { printf '\n==> %s (%ss)\n' "$1" "$SECONDS" >&2; }
+
+PY=${PYTHON:-}
+if [ -z "$PY" ]; then
+  for c in python3.13 python3.12 python3.11 python3; do
+    if command -v "$c" >/dev/null && "$c" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then PY=$c; break; fi
+  done
+fi
+[ -n "$PY" ] || { echo "setup: Python 3.11+ is required" >&2; exit 1; }
+
+step "Python environment (.venv, $($PY --version))"
+[ -x .venv/bin/python ] || "$PY" -P -m venv .venv
+.venv/bin/python -P -m pip install -q --upgrade pip
+extras=embedded
+[ "${1:-}" = "--test" ] && extras=test,ui,bench
+.venv/bin/python -P -m pip install -q -e ".[$extras]"
+
+[ "${1:-}" = "--test" ] || { step "done: run .venv/bin/skiplock demo"; exit 0; }
+
+APT_PACKAGES=(prometheus chromium buildah debootstrap unzip)
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  missing=()
+  for p in "${APT_PACKAGES[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+  if [ ${#missing[@]} -gt 0 ]; then
+    step "Debian packages: ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  fi
+fi
+for script in tools/install-helm.sh tools/k8s/build.sh; do
+  if [ -f "$script" ]; then step "$script"; bash "$script"; fi
+done
+step "setup complete"

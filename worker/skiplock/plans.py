@@ -1,0 +1,182 @@
+"""Multi-statement operations as plans: generators that yield steps of named statements and
+receive their rows, so one definition serves the async and the sync runner (``runner.py``).
+
+A step is a list of ``(query name, params)`` sent together (pipelined); the plan receives one
+list of rows per statement. Every plan that changes more than one row set runs in one transaction.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Generator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import InvalidJob, JobNotFound
+from .models import JobSpec, State, max_payload_bytes
+
+Row = dict[str, Any]
+Step = list[tuple[str, dict[str, Any]]]
+Plan = Generator[Step, list[list[Row]], Any]
+
+FAILED_STATES = {State.DEAD.value, State.CANCELLED.value}
+
+
+_encode = json.JSONEncoder(separators=(",", ":")).encode
+
+
+def _job_row(ordinal: int, spec: JobSpec, deps: dict[int, str], limit: int) -> str:
+    """One element of the enqueue statement's JSON array, as text: the payload's JSON (validated
+    and size-checked once) is spliced in as is, not decoded and encoded again."""
+    run_at = spec.effective_run_at()
+    waiting = [d for d in spec.depends_on if deps.get(d) != State.COMPLETED.value] if spec.depends_on else []
+    failed = [d for d in spec.depends_on if deps.get(d) in FAILED_STATES] if spec.depends_on else []
+    fields = {
+        "ord": ordinal,
+        "queue": spec.queue,
+        "type": spec.type,
+        "priority": spec.priority,
+        "run_at": run_at.isoformat() if run_at else None,
+        "max_attempts": spec.max_attempts,
+        "timeout_seconds": spec.timeout,
+        "tenant": spec.tenant,
+        "labels": spec.labels,
+        "dedup_key": spec.dedup_key,
+        "depends_on": list(spec.depends_on),
+        "pending_deps": len(waiting),
+        "dep_error": f"dependency {failed[0]} ended {deps[failed[0]]}" if failed else None,
+    }
+    return f'{_encode(fields)[:-1]},"payload":{spec.encoded_payload(limit)}}}'
+
+
+def enqueue(specs: Sequence[JobSpec]) -> Plan:
+    """Insert the jobs; returns their ids in input order (an unfinished job holding the same
+    dedup_key answers for a duplicate)."""
+    if not specs:
+        return []
+    dep_ids = sorted({d for s in specs for d in s.depends_on})
+    deps: dict[int, str] = {}
+    if dep_ids:
+        (found,) = yield [("lock_parents", {"ids": dep_ids})]
+        deps = {r["id"]: r["state"] for r in found}
+        missing = [d for d in dep_ids if d not in deps]
+        if missing:
+            raise JobNotFound(f"depends_on names unknown job ids: {missing[:10]}")
+    limit = max_payload_bytes()
+    rows = "[" + ",".join(_job_row(i, s, deps, limit) for i, s in enumerate(specs)) + "]"
+    (inserted,) = yield [("enqueue", {"jobs": rows})]
+    by_key = {(r["queue"], r["dedup_key"]): r["id"] for r in inserted if r["dedup_key"] is not None}
+    plain = iter(r["id"] for r in inserted if r["dedup_key"] is None)
+    ids: list[int | None] = [
+        by_key.get((s.queue, s.dedup_key)) if s.dedup_key is not None else next(plain) for s in specs
+    ]
+    lost = [(s.queue, s.dedup_key) for s, i in zip(specs, ids, strict=True) if i is None]
+    if lost:
+        (existing,) = yield [("find_dedup", {"queues": [q for q, _ in lost], "keys": [k for _, k in lost]})]
+        by_key.update({(r["queue"], r["dedup_key"]): r["id"] for r in existing})
+        ids = [i if i is not None else by_key.get((s.queue, s.dedup_key)) for s, i in zip(specs, ids, strict=True)]
+    if any(i is None for i in ids):  # the holder finished between the two statements
+        raise InvalidJob("a job with the same dedup_key finished while enqueueing: enqueue again")
+    return ids
+
+
+def cascade(first: list[Row]) -> Plan:
+    """Settle dependents after ``propagate``: repeat for children that ended cancelled and have
+    dependents of their own, each round a new statement (a new snapshot)."""
+    changed = list(first)
+    todo = [r["id"] for r in first if r["state"] == State.CANCELLED.value and r["has_dependents"]]
+    while todo:
+        (rows,) = yield [("propagate", {"ids": todo})]
+        changed.extend(rows)
+        todo = [r["id"] for r in rows if r["state"] == State.CANCELLED.value and r["has_dependents"]]
+    return changed
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Retry delay: ``min(max, base * 2**(attempt-1))`` seconds, scaled by a jitter in [0.5, 1)."""
+
+    base: float = 1.0
+    max: float = 3600.0
+
+
+def finish(worker_id: str, batch: list[dict[str, Any]], backoff: Backoff) -> Plan:
+    """Record outcomes (``{id, attempt, outcome, result, error}``) and settle dependents, in one
+    transaction; returns the rows finished (a stale execution's outcome is not among them)."""
+    ids = [b["id"] for b in batch]
+    params = {"worker_id": worker_id, "batch": json.dumps(batch), "ids": ids, "backoff_base": backoff.base,
+              "backoff_max": backoff.max}
+    done, first = yield [("finish", params), ("propagate", {"ids": ids})]
+    yield from cascade(first)
+    return done
+
+
+def rescue(gone_workers: Sequence[str] = ()) -> Plan:
+    """Recover expired leases and the jobs of workers known to be gone; returns the rows."""
+    rescued, = yield [("rescue", {"gone_workers": list(gone_workers)})]
+    dead = [r["id"] for r in rescued if r["state"] == State.DEAD.value]
+    if dead:
+        (first,) = yield [("propagate", {"ids": dead})]
+        yield from cascade(first)
+    return rescued
+
+
+def cancel(job_id: int, reason: str = "cancelled by request") -> Plan:
+    """Cancel a job; returns its state afterwards (``running`` means the request was delivered)."""
+    rows, first = yield [("cancel", {"id": job_id, "reason": reason}), ("propagate", {"ids": [job_id]})]
+    if not rows:
+        (found,) = yield [("get_job", {"id": job_id})]
+        if not found:
+            raise JobNotFound(f"no job {job_id}")
+        return str(found[0]["state"])
+    yield from cascade(first)
+    return str(rows[0]["state"])
+
+
+def retry(job_id: int) -> Plan:
+    """Run a finished (even archived) or waiting job again now."""
+    yield [("unarchive", {"id": job_id})]
+    (rows,) = yield [("retry", {"id": job_id})]
+    if not rows:
+        (found,) = yield [("get_job", {"id": job_id})]
+        if not found:
+            raise JobNotFound(f"no job {job_id}")
+        raise InvalidJob(f"job {job_id} is {found[0]['state']}: only finished or waiting jobs can be retried")
+    return job_id
+
+
+def fire_schedules() -> Plan:
+    """Enqueue one job per due tick of every due schedule (locked: each tick fires once however
+    many workers run this; the tick is also the job's dedup key) and advance the schedules;
+    returns the (queue, type) of each job enqueued."""
+    from .schedules import from_row
+
+    (due,) = yield [("due_schedules", {})]
+    fired: list[tuple[str, str]] = []
+    for row in due:
+        spec = from_row(row)
+        ticks, following = spec.due(row["next_run_at"], row["db_now"])
+        jobs = [JobSpec(type=spec.type, payload=spec.payload, queue=spec.queue, priority=spec.priority,
+                        max_attempts=spec.max_attempts, dedup_key=f"schedule:{spec.name}:{t.isoformat()}",
+                        labels={"schedule": spec.name})
+                for t in ticks]
+        ids: list[int] = (yield from enqueue(jobs)) if jobs else []
+        yield [("advance_schedule", {"name": spec.name, "next_run_at": following,
+                                     "last_run_at": ticks[-1] if ticks else None,
+                                     "last_job_id": ids[-1] if ids else None})]
+        fired += [(spec.queue, spec.type)] * len(ids)
+    return fired
+
+
+RATE_BURST_SECONDS = 0.1  # a rate limit's bucket holds this many seconds of tokens (at least one)
+
+
+def claim_limited(params: dict[str, Any]) -> Plan:
+    """Lock the limits of the worker's types, then claim within them (one transaction); returns
+    the claimed rows and the seconds until a rate limit this claim emptied has a token again
+    (None if it emptied none)."""
+    types = {"types": params["types"]}
+    _, claimed, refill = yield [("lock_limits", types),
+                                ("claim_limited", {**params, "burst_seconds": RATE_BURST_SECONDS}),
+                                ("limit_refill", types)]
+    return claimed, refill[0]["seconds"]

@@ -1,0 +1,263 @@
+"""The producer and admin API: enqueue, inspect, cancel, retry, wait for results, retention."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+from psycopg_pool import AsyncConnectionPool
+
+from . import plans
+from .db import connect, make_pool, resolve_dsn
+from .errors import InvalidJob, JobFailed, JobNotFound, wrap_db_errors
+from .models import FINISHED, JobRecord, JobSpec, State, make_spec
+from .runner import run
+from .schedules import ScheduleSpec
+from .sql import QUERIES
+
+if TYPE_CHECKING:
+    from .metrics import WorkerMetrics
+
+AsyncConn = psycopg.AsyncConnection[Any]
+FINISHED_STATES = [s.value for s in FINISHED]
+
+
+def as_spec(job: JobSpec | dict[str, Any]) -> JobSpec:
+    """Accept a ``JobSpec`` or a dict with a ``type`` key."""
+    if isinstance(job, JobSpec):
+        return job
+    options = dict(job)
+    return make_spec(options.pop("type", ""), **options)
+
+
+class Queue:
+    """An async handle on the skiplock tables. Pass ``conn=`` to any write to run it inside your
+    own transaction (the NOTIFY that wakes workers is then sent at your commit)."""
+
+    def __init__(self, dsn: str | None = None, *, pool: AsyncConnectionPool[Any] | None = None,
+                 pool_size: int = 4, metrics: WorkerMetrics | None = None) -> None:
+        self.dsn = resolve_dsn(dsn) if pool is None else str(pool.conninfo)
+        self._pool = pool or make_pool(self.dsn, pool_size, "client")
+        self._own_pool = pool is None
+        self.metrics = metrics  # given: enqueued jobs count in its skiplock_jobs_enqueued_total
+
+    async def __aenter__(self) -> Queue:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def open(self) -> None:
+        """Open the pool; an unreachable server fails at once (one direct connection first)
+        instead of after the pool's timeout."""
+        if self._own_pool:
+            probe = await connect(self.dsn, "client")
+            await probe.close()
+            with wrap_db_errors():
+                await self._pool.open(wait=True)
+
+    async def close(self) -> None:
+        if self._own_pool:
+            await self._pool.close()
+
+    async def _run(self, plan: plans.Plan, conn: AsyncConn | None = None, atomic: bool = True) -> Any:
+        if conn is not None:
+            return await run(conn, plan, atomic)
+        with wrap_db_errors():
+            async with self._pool.connection() as pooled:
+                return await run(pooled, plan, atomic)
+
+    async def _fetch(self, name: str, params: dict[str, Any]) -> list[dict[str, Any]]:
+        with wrap_db_errors():
+            async with self._pool.connection() as conn:
+                cur = await conn.execute(QUERIES[name], params)
+                return await cur.fetchall() if cur.description else []
+
+    # -- producing ---------------------------------------------------------------------------
+
+    async def enqueue(self, type: str, payload: Any = None, *, conn: AsyncConn | None = None,
+                      **options: Any) -> int:
+        """Enqueue one job; returns its id. Options are those of ``JobSpec`` (queue, priority,
+        delay, run_at, max_attempts, timeout, tenant, labels, dedup_key, depends_on)."""
+        spec = make_spec(type, payload={} if payload is None else payload, **options)
+        (job_id,) = await self.enqueue_many([spec], conn=conn)
+        return job_id
+
+    async def enqueue_many(self, jobs: Iterable[JobSpec | dict[str, Any]], *,
+                           conn: AsyncConn | None = None) -> list[int]:
+        """Enqueue a batch in one round trip (two with dependencies); ids in input order."""
+        specs = [as_spec(j) for j in jobs]
+        atomic = any(s.depends_on for s in specs)
+        ids: list[int] = await self._run(plans.enqueue(specs), conn, atomic)
+        if self.metrics is not None:
+            self.metrics.count_enqueued([(s.queue, s.type) for s in specs])
+        return ids
+
+    # -- inspecting and acting -----------------------------------------------------------------
+
+    async def get(self, job_id: int) -> JobRecord:
+        rows = await self._fetch("get_job", {"id": job_id})
+        if not rows:
+            raise JobNotFound(f"no job {job_id}")
+        return JobRecord(**rows[0])
+
+    async def list_jobs(self, *, state: str | None = None, queue: str | None = None, type: str | None = None,
+                   tenant: str | None = None, limit: int = 50, offset: int = 0) -> list[JobRecord]:
+        rows = await self._fetch("list_jobs", {"state": state, "queue": queue, "type": type,
+                                               "tenant": tenant, "limit": limit, "offset": offset})
+        return [JobRecord(**r) for r in rows]
+
+    async def dependents(self, job_id: int, limit: int = 100) -> list[dict[str, Any]]:
+        """Jobs that depend on ``job_id``: rows of (id, queue, type, state), oldest first."""
+        return await self._fetch("dependents", {"id": job_id, "limit": limit})
+
+    async def cancel(self, job_id: int, reason: str = "cancelled by request") -> str:
+        """Cancel a job; returns its state after (``running`` = the handler was asked to stop)."""
+        state: str = await self._run(plans.cancel(job_id, reason))
+        return state
+
+    async def retry(self, job_id: int) -> None:
+        """Run a dead, cancelled, completed or waiting job again now, with fresh attempts."""
+        await self._run(plans.retry(job_id))
+
+    async def retry_dead(self, queue: str | None = None) -> int:
+        """Retry every job on the dead-letter list; returns how many."""
+        rows = await self._fetch("retry_dead", {"queue": queue})
+        return int(rows[0]["retried"])
+
+    async def wait(self, job_id: int, timeout: float | None = None, poll_interval: float = 1.0) -> Any:
+        """Wait until the job finishes and return its result; raise ``JobFailed`` if it ended dead
+        or cancelled, ``TimeoutError`` after ``timeout`` seconds. LISTEN wakes it at once; a poll
+        every ``poll_interval`` seconds covers a lost notification."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        conn = await connect(self.dsn, "waiter")
+        async with conn:
+            with wrap_db_errors():
+                await conn.execute("LISTEN skiplock_finished")
+                await conn.execute(QUERIES["watch"], {"id": job_id})
+            while True:
+                job = await self.get(job_id)
+                if job.state == State.COMPLETED:
+                    return job.result
+                if job.state in FINISHED:
+                    raise JobFailed(job_id, job.state.value, job.last_error)
+                left = poll_interval if deadline is None else min(poll_interval, deadline - time.monotonic())
+                if left <= 0:
+                    raise TimeoutError(f"job {job_id} still {job.state.value} after {timeout}s")
+                with wrap_db_errors():
+                    async for note in conn.notifies(timeout=left):
+                        if note.payload == str(job_id):
+                            break
+
+    # -- queue-level views and maintenance -----------------------------------------------------
+
+    async def stats(self) -> list[dict[str, Any]]:
+        """Rows of (queue, state, jobs, oldest_pending_seconds)."""
+        return await self._fetch("stats", {})
+
+    async def depth(self, queues: Sequence[str]) -> list[dict[str, Any]]:
+        """Runnable and running jobs by queue and type, with the oldest wait (the autoscaler's view)."""
+        return await self._fetch("depth", {"queues": list(queues)})
+
+    async def rescue(self, gone_workers: Sequence[str] = ()) -> list[dict[str, Any]]:
+        """Recover expired leases and the jobs of gone workers (the operator's recovery)."""
+        rows: list[dict[str, Any]] = await self._run(plans.rescue(gone_workers))
+        return rows
+
+    async def purge(self, states: Sequence[str], older_than: float) -> int:
+        """Delete finished jobs of ``states`` older than ``older_than`` seconds; returns how many."""
+        bad = sorted(set(states) - set(FINISHED_STATES))
+        if bad:
+            raise InvalidJob(f"only finished states can be purged ({', '.join(FINISHED_STATES)}), not {bad}")
+        rows = await self._fetch("purge", {"states": list(states), "older_than": older_than})
+        return int(rows[0]["purged"])
+
+    # -- limits ----------------------------------------------------------------------------------
+
+    async def set_limit(self, type: str, tenant: str = "", *, concurrency: int | None = None,
+                        rate: float | None = None) -> dict[str, Any]:
+        """At most ``concurrency`` running and ``rate`` starts per second for ``type``: across all
+        tenants (``tenant=""``), for one tenant, or for each tenant separately (``tenant="*"``)."""
+        if concurrency is None and rate is None:
+            raise InvalidJob("give a concurrency, a rate, or both")
+        if concurrency is not None and concurrency < 1:
+            raise InvalidJob("concurrency must be at least 1")
+        if rate is not None and not 0 < rate < float("inf"):
+            raise InvalidJob("rate must be a positive number of starts per second")
+        if tenant == "*" and rate is not None:
+            raise InvalidJob("a rate applies to the type or to one tenant, not to each tenant ('*')")
+        make_spec(type, tenant=tenant or None)  # the same name rules as jobs
+        rows = await self._fetch("set_limit", {"type": type, "tenant": tenant, "concurrency": concurrency,
+                                               "rate": rate})
+        return rows[0]
+
+    async def clear_limit(self, type: str, tenant: str = "") -> bool:
+        return bool(await self._fetch("clear_limit", {"type": type, "tenant": tenant}))
+
+    async def limits(self) -> list[dict[str, Any]]:
+        """Every limit with the number of its jobs running now."""
+        return await self._fetch("list_limits", {})
+
+    # -- schedules -------------------------------------------------------------------------------
+
+    async def set_schedule(self, spec: ScheduleSpec, source: str = "cli") -> datetime:
+        """Create or redefine a schedule; returns its next run time."""
+        rows = await self._fetch("upsert_schedule", spec.row(source, datetime.now(UTC)))
+        next_run: datetime = rows[0]["next_run_at"]
+        return next_run
+
+    async def sync_schedules(self, source: str, specs: Sequence[ScheduleSpec]) -> list[str]:
+        """Make the schedules of ``source`` exactly ``specs`` (e.g. a JobQueue's spec.schedules);
+        returns the names removed."""
+        for spec in specs:
+            await self.set_schedule(spec, source)
+        rows = await self._fetch("remove_schedules_of_source", {"source": source, "keep": [s.name for s in specs]})
+        return [r["name"] for r in rows]
+
+    async def remove_schedule(self, name: str) -> None:
+        if not await self._fetch("remove_schedule", {"name": name}):
+            raise JobNotFound(f"no schedule {name!r}")
+
+    async def pause_schedule(self, name: str, paused: bool = True) -> None:
+        if not await self._fetch("pause_schedule", {"name": name, "paused": paused}):
+            raise JobNotFound(f"no schedule {name!r}")
+
+    async def schedules(self) -> list[dict[str, Any]]:
+        return await self._fetch("list_schedules", {})
+
+    async def fire_schedules(self) -> int:
+        """Enqueue the jobs of due schedule ticks now; returns how many (workers do this)."""
+        fired: int = len(await self._run(plans.fire_schedules()))
+        return fired
+
+    async def overview(self) -> list[dict[str, Any]]:
+        """Per queue: completed per second over 5 minutes and live workers."""
+        return await self._fetch("overview", {})
+
+    async def workers(self) -> list[dict[str, Any]]:
+        return await self._fetch("list_workers", {})
+
+    async def in_flight_by_worker(self, worker_ids: Sequence[str]) -> dict[str, int]:
+        rows = await self._fetch("in_flight_by_worker", {"worker_ids": list(worker_ids)})
+        return {r["worker_id"]: int(r["in_flight"]) for r in rows}
+
+    async def running_workers(self, queues: Sequence[str]) -> list[str]:
+        rows = await self._fetch("running_workers", {"queues": list(queues)})
+        return [r["worker_id"] for r in rows]
+
+
+async def sleep_jittered(seconds: float, event: asyncio.Event | None = None) -> None:
+    """Sleep ``seconds`` scaled by a random factor in [0.5, 1.5), returning early if ``event`` is set."""
+    import random
+    delay = seconds * (0.5 + random.random())
+    if event is None:
+        await asyncio.sleep(delay)
+        return
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(event.wait(), delay)

@@ -1,0 +1,99 @@
+"""The POST actions (each CSRF-checked): retry, cancel, retry every dead job, pause/resume a
+schedule, token login and logout. Each ends in a redirect (303) to the page it came from."""
+
+from __future__ import annotations
+
+import asyncio
+from urllib.parse import urlencode
+
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+
+from . import csrf
+from .auth import SESSION_COOKIE
+from .pages import BadRequest, auth_of, queue_of, render
+
+FAILED_LOGIN_DELAY = 0.5
+
+
+def _redirect(path: str, **params: str | int) -> Response:
+    return RedirectResponse(path + (f"?{urlencode(params)}" if params else ""), 303)
+
+
+async def retry(request: Request) -> Response:
+    await csrf.check(request, auth_of(request))
+    job_id: int = request.path_params["job_id"]
+    await queue_of(request).retry(job_id)
+    return _redirect(f"/jobs/{job_id}", done="retried")
+
+
+async def cancel(request: Request) -> Response:
+    await csrf.check(request, auth_of(request))
+    job_id: int = request.path_params["job_id"]
+    state = await queue_of(request).cancel(job_id)
+    return _redirect(f"/jobs/{job_id}", done="cancel-requested" if state == "running" else "cancelled")
+
+
+async def retry_dead(request: Request) -> Response:
+    """Asks for confirmation first (a page saying how many jobs), then retries them all."""
+    form = await csrf.check(request, auth_of(request))
+    queue = form.get("queue", "").strip() or None
+    q = queue_of(request)
+    if form.get("confirm") != "yes":
+        stats = await q.stats()
+        count = sum(int(s["jobs"]) for s in stats
+                    if s["state"] == "dead" and (queue is None or s["queue"] == queue))
+        return render(request, "confirm.html", {"queue": queue, "count": count})
+    retried = await q.retry_dead(queue)
+    back = {"state": "dead", **({"queue": queue} if queue else {})}
+    return _redirect("/jobs", **back, done="retried-all", n=retried)
+
+
+async def _set_paused(request: Request, paused: bool) -> Response:
+    form = await csrf.check(request, auth_of(request))
+    name = form.get("name", "")
+    if not name:
+        raise BadRequest("no schedule name given")
+    await queue_of(request).pause_schedule(name, paused)
+    return _redirect("/", done="paused" if paused else "resumed")
+
+
+async def pause_schedule(request: Request) -> Response:
+    return await _set_paused(request, True)
+
+
+async def resume_schedule(request: Request) -> Response:
+    return await _set_paused(request, False)
+
+
+def safe_next(target: str | None) -> str:
+    """Only a path on this site (no scheme, no host, no ``//`` or backslash tricks)."""
+    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
+        return "/"
+    return target
+
+
+async def login_page(request: Request) -> Response:
+    if auth_of(request).token is None:
+        return _redirect("/")
+    return render(request, "login.html", {"next": safe_next(request.query_params.get("next")), "error": None})
+
+
+async def login(request: Request) -> Response:
+    auth = auth_of(request)
+    form = await csrf.check(request, auth)
+    target = safe_next(form.get("next"))
+    if not auth.check_token(form.get("token", "").strip()):
+        await asyncio.sleep(FAILED_LOGIN_DELAY)
+        return render(request, "login.html", {"next": target, "error": "Wrong token."}, 401)
+    response = RedirectResponse(target, 303)
+    response.set_cookie(SESSION_COOKIE, auth.session_value(), httponly=True, samesite="strict",
+                        secure=request.url.scheme == "https")
+    return response
+
+
+async def logout(request: Request) -> Response:
+    await csrf.check(request, auth_of(request))
+    response = RedirectResponse("/login", 303)
+    response.delete_cookie(SESSION_COOKIE, httponly=True, samesite="strict")
+    return response
