@@ -344,7 +344,8 @@ def test_the_api_server_admits_exactly_the_specs_the_schema_describes(crd_cluste
         path, value = mutation
         _set(spec, path, value)
         status, message, _ = submit(spec)
-        assert status == 422, (spec, mutation, status, message)
+        # An unknown field (database.url) fails strict decoding (400) before validation (422).
+        assert status == 422 or (status == 400 and "unknown field" in message), (spec, mutation, status, message)
         seen["broken"] += 1
 
     try:
