@@ -4,7 +4,6 @@ from what the API server and the database say now, so a missed event or a restar
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Iterable, Mapping
@@ -22,7 +21,6 @@ from .status import RESOLVED, Problem, conditions, parse_timestamp, summary, tim
 
 log = logging.getLogger("skiplock.operator")
 SECRET_MAX_AGE = 30.0  # seconds between reads of the database Secret
-COST_SETTLE = 0.5  # seconds for new deletion costs to reach the ReplicaSet controller
 
 
 async def poll(rt: Runtime, jq: JobQueueState, body: Mapping[str, Any], pods: PodIndex) -> None:
@@ -197,7 +195,7 @@ async def _apply(rt: Runtime, jq: JobQueueState, body: Mapping[str, Any], spec: 
         await rt.kube.patch_deployment(jq.namespace, name, resources.update_patch(desired))
         rt.event(jq.ref, "Normal", "DeploymentUpdated", f"pool {pool.name}: rolling out the changed spec")
     if replicas < current and not await _mark_deletion_costs(rt, jq, pods):
-        return current  # without deletion costs a busy pod could go: try again next poll
+        return current  # costs not in place yet: a busy pod could go, so scale down next poll
     if replicas != current:
         await rt.kube.patch_deployment(jq.namespace, name, resources.replicas_patch(replicas))
     return replicas
@@ -240,7 +238,9 @@ async def _create(rt: Runtime, jq: JobQueueState, desired: dict[str, Any]) -> bo
 
 async def _mark_deletion_costs(rt: Runtime, jq: JobQueueState, pods: list[PodInfo]) -> bool:
     """Before a scale-down: each pod's in-flight job count becomes its deletion cost, so the
-    ReplicaSet removes idle pods first. False if the database could not say."""
+    ReplicaSet removes idle pods first. True when every pod already carried its cost as this
+    operator's watch saw it: the ReplicaSet controller, watching the same pods, has had a poll
+    interval to see them too. False if a cost had to change or the database could not say."""
     live = [p for p in pods if not p.terminating]
     if not live:
         return True
@@ -251,19 +251,17 @@ async def _mark_deletion_costs(rt: Runtime, jq: JobQueueState, pods: list[PodInf
     except DatabaseUnavailable as exc:
         log.warning("%s/%s: no scale-down this poll: %s", jq.namespace, jq.name, redact(str(exc), jq.dsn))
         return False
-    changed = False
+    settled = True
     for pod in live:
         cost = str(in_flight.get(pod.name, 0))
         if pod.deletion_cost != cost:
+            settled = False
             try:
                 await rt.kube.annotate_pod(jq.namespace, pod.name, {resources.DELETION_COST: cost})
-                changed = True
             except KubeError as exc:
                 if not exc.not_found:
                     raise
-    if changed:
-        await asyncio.sleep(COST_SETTLE)
-    return True
+    return settled
 
 
 async def _remove_stale(rt: Runtime, jq: JobQueueState, spec: JobQueueSpec,
