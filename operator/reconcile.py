@@ -238,9 +238,11 @@ async def _create(rt: Runtime, jq: JobQueueState, desired: dict[str, Any]) -> bo
 
 async def _mark_deletion_costs(rt: Runtime, jq: JobQueueState, pods: list[PodInfo]) -> bool:
     """Before a scale-down: each pod's in-flight job count becomes its deletion cost, so the
-    ReplicaSet removes idle pods first. True when every pod already carried its cost as this
-    operator's watch saw it: the ReplicaSet controller, watching the same pods, has had a poll
-    interval to see them too. False if a cost had to change or the database could not say."""
+    ReplicaSet removes idle pods first. True when, as this operator's watch saw the pods, every
+    idle pod already cost 0 and every busy one more: the ReplicaSet controller, watching the same
+    pods, has had a poll interval to see that too. False if a pod turned idle or busy since (a
+    busy pod's count moving, e.g. 2 -> 3, keeps it last in line and holds nothing back) or the
+    database could not say."""
     live = [p for p in pods if not p.terminating]
     if not live:
         return True
@@ -255,13 +257,18 @@ async def _mark_deletion_costs(rt: Runtime, jq: JobQueueState, pods: list[PodInf
     for pod in live:
         cost = str(in_flight.get(pod.name, 0))
         if pod.deletion_cost != cost:
-            settled = False
+            settled = settled and _busy(pod.deletion_cost) == (cost != "0")
             try:
                 await rt.kube.annotate_pod(jq.namespace, pod.name, {resources.DELETION_COST: cost})
             except KubeError as exc:
                 if not exc.not_found:
                     raise
     return settled
+
+
+def _busy(cost: str | None) -> bool:
+    """Whether a pod-deletion-cost as seen on a pod ranks it after idle pods (unset means 0)."""
+    return cost not in (None, "0")
 
 
 async def _remove_stale(rt: Runtime, jq: JobQueueState, spec: JobQueueSpec,

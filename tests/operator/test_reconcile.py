@@ -112,6 +112,24 @@ async def test_scale_down_marks_busy_pods_expensive_before_shrinking(rt: Runtime
     assert status["pools"][0]["running"] == 4
 
 
+async def test_a_busy_pods_changing_count_does_not_hold_a_scale_down_back(rt: Runtime, kube: FakeKube,
+                                                                         dsn: str) -> None:
+    body = jobqueue(spec())
+    await poll(rt, kube, body)
+    kube.deploys[(NS, "jq-cpu")]["spec"]["replicas"] = 3
+    for i in range(3):
+        kube.add_pod(NS, f"jq-cpu-5d8f7c9b4-p{i}xyz", "jq", "cpu")
+    await enqueue(dsn, 2)
+    assert len(claim(dsn, "jq-cpu-5d8f7c9b4-p0xyz", 1)) == 1
+    rt.jobqueues[(NS, "jq")].policies.clear()
+    await poll(rt, kube, body)  # p0 turned busy: its cost is set, the scale-down waits a poll
+    assert kube.deploys[(NS, "jq-cpu")]["spec"]["replicas"] == 3
+    assert len(claim(dsn, "jq-cpu-5d8f7c9b4-p0xyz", 1)) == 1  # busy still, now with 2 jobs
+    await poll(rt, kube, body)
+    assert kube.pods[(NS, "jq-cpu-5d8f7c9b4-p0xyz")]["metadata"]["annotations"][DELETION_COST] == "2"
+    assert kube.deploys[(NS, "jq-cpu")]["spec"]["replicas"] == 2
+
+
 async def test_unschedulable_gpu_pods_hold_the_pool_and_degrade_the_queue(rt: Runtime, kube: FakeKube,
                                                                           events: Events, dsn: str) -> None:
     body = jobqueue(spec({"name": "gpu", "image": "w", "concurrency": 1, "gpu": {}}))
