@@ -61,6 +61,17 @@ async def test_health() -> None:
     assert not health.live() and not health.ready()
 
 
+def run_kopf(monkeypatch: pytest.MonkeyPatch, operator: Any) -> Any:
+    """``_run_kopf`` with ``operator`` standing in for ``kopf.operator``, the API server answering."""
+    async def api_answers(rt: Any, namespace: str | None) -> bool:
+        return True
+
+    monkeypatch.setattr(main.kopf, "operator", operator)
+    monkeypatch.setattr(main, "_wait_for_api", api_answers)
+    rt: Any = SimpleNamespace(stop=asyncio.Event())
+    return main._run_kopf(rt, options("--all-namespaces", "--standalone"), Health())
+
+
 async def test_kopf_is_started_again_after_it_loses_the_api_server(monkeypatch: pytest.MonkeyPatch) -> None:
     """A reply cut short by an API server restart escapes kopf's retries (seen in the chaos tier):
     the operator waits for the server and runs kopf again instead of exiting."""
@@ -71,13 +82,7 @@ async def test_kopf_is_started_again_after_it_loses_the_api_server(monkeypatch: 
         if len(runs) == 1:
             raise aiohttp.ClientPayloadError("Response payload is not completed")
 
-    async def api_answers(rt: Any, namespace: str | None) -> bool:
-        return True
-
-    monkeypatch.setattr(main.kopf, "operator", operator)
-    monkeypatch.setattr(main, "_wait_for_api", api_answers)
-    rt: Any = SimpleNamespace(stop=asyncio.Event())
-    assert await main._run_kopf(rt, options("--all-namespaces", "--standalone"), Health()) == 0
+    assert await run_kopf(monkeypatch, operator) == 0
     assert len(runs) == 2 and runs[1] - runs[0] >= 0.9  # after a backoff
 
 
@@ -85,11 +90,5 @@ async def test_other_kopf_failures_still_end_the_operator(monkeypatch: pytest.Mo
     async def operator(**kwargs: Any) -> None:
         raise RuntimeError("a bug")
 
-    async def api_answers(rt: Any, namespace: str | None) -> bool:
-        return True
-
-    monkeypatch.setattr(main.kopf, "operator", operator)
-    monkeypatch.setattr(main, "_wait_for_api", api_answers)
     with pytest.raises(RuntimeError, match="a bug"):
-        await main._run_kopf(SimpleNamespace(stop=asyncio.Event()),  # type: ignore[arg-type]
-                             options("--all-namespaces", "--standalone"), Health())
+        await run_kopf(monkeypatch, operator)
