@@ -25,8 +25,7 @@ def workers(peer: str, dsn: str, processes: int, concurrency: int, batch: int, p
             hard_stop: bool = False) -> Iterator[list[subprocess.Popen[bytes]]]:
     """Start ``processes`` workers of ``peer``, wait until each is up, stop them all after
     (SIGTERM, or SIGKILL with ``hard_stop`` when their jobs would outlast any grace period)."""
-    # ``-m`` from the repository root finds ``bench``; never put the root on PYTHONPATH, where the
-    # repo's ``operator/`` would shadow the standard library's before ``site`` runs.
+    # ``-m`` from the repository root finds ``bench``.
     env = dict(os.environ)
     if probe_port is not None:
         env[PROBE_PORT_ENV] = str(probe_port)

@@ -50,8 +50,7 @@ def sql(dsn: str, query: str, params: Any = None) -> list[tuple[Any, ...]]:
 
 
 def test_pythonpath() -> str:
-    """tests/fixtures (for jobs_fixture) plus any inherited entries. Never the repo root, tests/ or
-    an empty entry (the working directory): their ``operator`` packages would shadow the stdlib."""
+    """tests/fixtures (for jobs_fixture) plus any inherited entries."""
     parts = [str(ROOT / "tests" / "fixtures"), *os.environ.get("PYTHONPATH", "").split(os.pathsep)]
     return os.pathsep.join(p for p in parts if p)
 
@@ -64,16 +63,16 @@ def cli(*args: str, dsn: str | None = None, env: dict[str, str] | None = None, i
     if dsn:
         full_env["DATABASE_URL"] = dsn
     full_env.update(env or {})
-    return subprocess.run([sys.executable, "-P", "-m", "skiplock", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "skiplock", *args], capture_output=True, text=True,
                           env=full_env, input=input, timeout=timeout, cwd=ROOT)
 
 
 def spawn_worker(dsn: str, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
-    """Start ``skiplock worker`` as a real process (handlers from tests/jobs_fixture.py by default)."""
+    """Start ``skiplock worker`` as a real process (handlers from tests/fixtures/jobs_fixture.py by default)."""
     full_env = {**os.environ, "DATABASE_URL": dsn,
                 "PYTHONPATH": test_pythonpath(),
                 "SKIPLOCK_POLL_INTERVAL": "0.2", "SKIPLOCK_RECOVERY_INTERVAL": "0.5", **(env or {})}
     if "--handlers" not in args:
         args = ("--handlers", "jobs_fixture:jobs", *args)
-    return subprocess.Popen([sys.executable, "-P", "-m", "skiplock", "worker", *args], env=full_env, cwd=ROOT,
+    return subprocess.Popen([sys.executable, "-m", "skiplock", "worker", *args], env=full_env, cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

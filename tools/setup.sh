@@ -4,9 +4,6 @@
 # plane binaries (built once from Go modules into a cache outside the repo).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# operator/ (skiplock.operator) shares its name with a stdlib module: a PYTHONPATH naming this
-# directory would shadow the stdlib for every Python started here, so none is inherited.
-unset PYTHONPATH
 step() { printf '\n==> %s (%ss)\n' "$1" "$SECONDS" >&2; }
 
 PY=${PYTHON:-}
@@ -18,11 +15,11 @@ fi
 [ -n "$PY" ] || { echo "setup: Python 3.11+ is required" >&2; exit 1; }
 
 step "Python environment (.venv, $($PY --version))"
-[ -x .venv/bin/python ] || "$PY" -P -m venv .venv
-.venv/bin/python -P -m pip install -q --upgrade pip
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip
 extras=embedded
 [ "${1:-}" = "--test" ] && extras=test,ui,bench
-.venv/bin/python -P -m pip install -q -e ".[$extras]"
+.venv/bin/python -m pip install -q -e ".[$extras]"
 
 [ "${1:-}" = "--test" ] || { step "done: run .venv/bin/skiplock demo"; exit 0; }
 

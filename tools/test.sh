@@ -3,7 +3,6 @@
 # and pytest (unit, integration, acceptance, operator, packaging, Kubernetes, chaos, browser).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-unset PYTHONPATH  # see tools/setup.sh: operator/ must never shadow the stdlib module
 [ "${SKIPLOCK_SKIP_SETUP:-}" = 1 ] || bash tools/setup.sh --test
 . .venv/bin/activate
 step() { printf '\n==> %s (%ss)\n' "$1" "$SECONDS" >&2; }
@@ -22,4 +21,4 @@ export SKIPLOCK_IMAGES=${SKIPLOCK_IMAGES:-1}
 # playwright, the bench extra) that is missing fails its tests instead of skipping them, so that a
 # fresh machine cannot go green with tiers skipped (SKIPLOCK_REQUIRE_TOOLS=0 skips them again).
 export SKIPLOCK_REQUIRE_TOOLS=${SKIPLOCK_REQUIRE_TOOLS:-1}
-python -P -m pytest -q -p no:randomly --durations=15 "$@"
+python -m pytest -q -p no:randomly --durations=15 "$@"

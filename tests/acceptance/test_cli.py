@@ -225,7 +225,7 @@ def _run_worker(dsn: str, *args: str, env: dict[str, str]) -> None:
 
 
 def test_worker_options_from_variables_and_both_queue_forms(dsn: str) -> None:
-    from tests.jobs_fixture import ensure_table
+    from tests.fixtures.jobs_fixture import ensure_table
 
     ensure_table(dsn)
     ids = {q: int(_ok("enqueue", "record", "--queue", q, dsn=dsn)) for q in ("a", "b", "c", "d", "e")}
@@ -252,7 +252,7 @@ def test_every_documented_variable_sets_an_option(monkeypatch: pytest.MonkeyPatc
                 walk(sub)
 
     walk(build_parser())
-    sources = [ROOT / "README.md", ROOT / "operator" / "resources.py",
+    sources = [ROOT / "README.md", ROOT / "operator" / "skiplock" / "operator" / "resources.py",
                *(ROOT / "docs").rglob("*.md"), *(ROOT / "charts").rglob("*.yaml")]
     used = {m for path in sources for m in re.findall(r"SKIPLOCK_[A-Z0-9_]*[A-Z0-9]", path.read_text())}
     no_flag = {*LIBRARY_VARIABLES, "SKIPLOCK_UI_TOKEN", "SKIPLOCK_UI_USER", "SKIPLOCK_UI_PASSWORD",  # secrets

@@ -10,8 +10,8 @@ import time
 import psycopg
 
 from skiplock import sync as skiplock_sync
+from tests.fixtures.jobs_fixture import ensure_table
 from tests.helpers import spawn_worker, sql
-from tests.jobs_fixture import ensure_table
 
 
 def _wait_for(dsn: str, query: str, expected: object, timeout: float = 90) -> None:

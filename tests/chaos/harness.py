@@ -76,8 +76,7 @@ LEGAL = {
 
 
 def child_pythonpath() -> str:
-    """The inherited PYTHONPATH without empty entries, and without ``tests/`` (whose ``operator``
-    package would shadow the standard library's): the handlers load as ``tests.chaos.handlers``
+    """The inherited PYTHONPATH without empty entries: the handlers load as ``tests.chaos.handlers``
     from the working directory, which ``skiplock worker`` adds to ``sys.path`` after startup."""
     return os.pathsep.join(p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p)
 
@@ -162,7 +161,7 @@ class Fleet:
             "SKIPLOCK_BACKOFF_BASE": "0.2", "SKIPLOCK_BACKOFF_MAX": "1", "SKIPLOCK_CONNECT_TIMEOUT": "3",
             **self.env,
         })
-        cmd = [sys.executable, "-P", "-m", "skiplock", "worker", "--handlers", HANDLERS,
+        cmd = [sys.executable, "-m", "skiplock", "worker", "--handlers", HANDLERS,
                "--lease", str(self.lease), "--concurrency", str(self.concurrency), *self.extra_args, *args]
         with log.open("wb") as out:
             proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,

@@ -59,7 +59,7 @@ class CliProducer(threading.Thread):
                 path.write_text("".join(json.dumps({"type": "work", "payload": {"k": k, "ms": 0}, "dedup_key": k,
                                                     "max_attempts": 25}) + "\n" for k in keys))
                 for _ in range(40):
-                    proc = subprocess.run([sys.executable, "-P", "-m", "skiplock", "enqueue", "--from-file", str(path)],
+                    proc = subprocess.run([sys.executable, "-m", "skiplock", "enqueue", "--from-file", str(path)],
                                           capture_output=True, text=True, env=env, cwd=ROOT, timeout=60)
                     if proc.returncode == 0:
                         break

@@ -35,7 +35,7 @@ def _env(dsn: str) -> dict[str, str]:
 
 
 def _skiplock(*args: str, dsn: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-P", "-m", "skiplock", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "skiplock", *args], capture_output=True, text=True,
                           env=_env(dsn), cwd=ROOT, timeout=timeout)
 
 
@@ -52,7 +52,7 @@ def test_the_dsn_never_appears_in_logs_metrics_errors_or_the_database(own_server
     log = tmp_path / "worker.log"
     env = _env(dsn) | {"SKIPLOCK_WORKER_ID": "secrecy", "CHAOS_RECORD_DSN": dsn}
     with log.open("wb") as out:
-        worker = subprocess.Popen([sys.executable, "-P", "-m", "skiplock", "--log-level", "debug", "worker",
+        worker = subprocess.Popen([sys.executable, "-m", "skiplock", "--log-level", "debug", "worker",
                                    "--handlers", "tests.chaos.handlers:jobs", "--types", "work,no-such-handler",
                                    "--metrics-port", str(port), "--lease", "2"],
                                   env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)

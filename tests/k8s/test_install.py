@@ -180,7 +180,7 @@ def test_manifests_bring_up_the_operator_deployment(applied: Cluster) -> None:
     assert '"pod-security.kubernetes.io/enforce":"restricted"' in labels
 
 
-# Every call the operator makes (operator/kube.py, kopf), and what it must not be able to do.
+# Every call the operator makes (operator/skiplock/operator/kube.py, kopf), and what it must not be able to do.
 ALLOWED = [
     ("list", "jobqueues.skiplock.dev", None), ("watch", "jobqueues.skiplock.dev", None),
     ("patch", "jobqueues.skiplock.dev", "apps"), ("patch", "jobqueues.skiplock.dev/status", "apps"),

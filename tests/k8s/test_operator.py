@@ -139,7 +139,7 @@ class Operator:
         env.pop("DATABASE_URL", None)
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-P", "-m", "skiplock", "operator", "--namespace", self.namespace,
+                [sys.executable, "-m", "skiplock", "operator", "--namespace", self.namespace,
                  "--metrics-port", str(self.metrics_port), "--liveness-port", str(self.health_port), *self.args],
                 env=env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
         wait_for(lambda: self.get("/healthz") == "ok\n", 30, "the operator's /healthz")

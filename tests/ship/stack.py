@@ -86,8 +86,7 @@ class Process:
 
 
 def skiplock_argv(*args: str) -> list[str]:
-    # -P: the repository root (with its operator/ package) must not shadow the standard library.
-    return [sys.executable, "-P", "-m", "skiplock", *args]
+    return [sys.executable, "-m", "skiplock", *args]
 
 
 class Operator(Process):

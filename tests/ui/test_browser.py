@@ -23,8 +23,8 @@ import pytest
 from skiplock import sync as skiplock_sync
 from skiplock.embedded import free_port
 from tests import helpers
+from tests.fixtures.jobs_fixture import ensure_table
 from tests.helpers import ROOT, cli, spawn_worker, sql
-from tests.jobs_fixture import ensure_table
 from tests.ship.tools import missing
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -69,7 +69,7 @@ def ui_url(dsn: str, tmp_path: Path) -> Iterator[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SKIPLOCK_UI_") and k != "SKIPLOCK_DATABASE_URL"}
     env.update(DATABASE_URL=dsn, PYTHONPATH=helpers.test_pythonpath())
     log: IO[str] = (tmp_path / "ui.log").open("w")
-    proc = subprocess.Popen([sys.executable, "-P", "-m", "skiplock", "ui", "--host", "127.0.0.1", "--port", str(port)],
+    proc = subprocess.Popen([sys.executable, "-m", "skiplock", "ui", "--host", "127.0.0.1", "--port", str(port)],
                             env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30

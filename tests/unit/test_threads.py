@@ -44,5 +44,5 @@ def test_a_stuck_thread_does_not_keep_the_process_alive() -> None:
         asyncio.run(main())
         print("exited")
     """)
-    out = subprocess.run([sys.executable, "-P", "-c", code], capture_output=True, text=True, timeout=30)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
     assert out.returncode == 0 and "exited" in out.stdout, out.stderr
