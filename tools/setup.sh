@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install skiplock into .venv (Python 3.11+). With --test, also everything the test tiers use:
-# test Python packages, Debian packages (as root), helm, hadolint, and the Kubernetes control
-# plane binaries (built once from Go modules into a cache outside the repo).
+# test Python packages, Debian packages (as root), helm, hadolint, the Kubernetes control plane
+# and the real node of the end-to-end tier (kubelet, containerd, runc: built once from Go modules into
+# a cache outside the repo).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 step() { printf '\n==> %s (%ss)\n' "$1" "$SECONDS" >&2; }
@@ -23,7 +24,10 @@ extras=embedded
 
 [ "${1:-}" = "--test" ] || { step "done: run .venv/bin/skiplock demo"; exit 0; }
 
-APT_PACKAGES=(prometheus chromium buildah debootstrap unzip)
+# The real node (tools/k8s/build-node.sh, tests/e2e): gcc + libc6-dev (cgo, the static sandbox program),
+# libseccomp-dev (runc), containernetworking-plugins (CNI bridge), iptables, iproute2.
+APT_PACKAGES=(prometheus chromium buildah debootstrap unzip gcc libc6-dev libseccomp-dev containernetworking-plugins
+  iptables iproute2)
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   missing=()
   for p in "${APT_PACKAGES[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
@@ -33,7 +37,7 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   fi
 fi
-for script in tools/install-helm.sh tools/k8s/build.sh; do
+for script in tools/install-helm.sh tools/k8s/build.sh tools/k8s/build-node.sh; do
   if [ -f "$script" ]; then step "$script"; bash "$script"; fi
 done
 step "setup complete"
