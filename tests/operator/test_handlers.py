@@ -68,3 +68,29 @@ async def test_a_stopped_daemon_stops_waiting_and_working_at_once() -> None:
 def test_handlers_refuse_a_memo_without_the_runtime() -> None:
     with pytest.raises(RuntimeError, match="skiplock operator"):
         handlers.runtime_of(kopf.Memo())
+
+
+@pytest.mark.parametrize(("host", "server"), [("10.96.0.1", "https://10.96.0.1:443"),
+                                             ("fd00::1", "https://[fd00::1]:443"),
+                                             (None, "https://kubernetes.default.svc")])
+def test_in_cluster_login_finds_the_api_server_as_client_go_does(monkeypatch: pytest.MonkeyPatch, host: str | None,
+                                                                 server: str) -> None:
+    """KUBERNETES_SERVICE_HOST/PORT (set by the kubelet in every pod) over kopf's DNS name."""
+    token = kopf.ConnectionInfo(server="https://kubernetes.default.svc", token="t", ca_path="/sa/ca.crt")
+    monkeypatch.setattr(kopf, "login_with_service_account", lambda **_: token)
+    if host:
+        monkeypatch.setenv("KUBERNETES_SERVICE_HOST", host)
+        monkeypatch.setenv("KUBERNETES_SERVICE_PORT", "443")
+    else:
+        monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    info = handlers.login(logger=None)
+    assert info is not None and info.server == server and info.token == "t" and info.ca_path == "/sa/ca.crt"
+
+
+def test_outside_a_cluster_login_uses_the_kubeconfig(monkeypatch: pytest.MonkeyPatch) -> None:
+    config = kopf.ConnectionInfo(server="https://127.0.0.1:6443", token="k")
+    monkeypatch.setattr(kopf, "login_with_service_account", lambda **_: None)
+    monkeypatch.setattr(kopf, "login_with_kubeconfig", lambda **_: config)
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.96.0.1")
+    monkeypatch.setenv("KUBERNETES_SERVICE_PORT", "443")
+    assert handlers.login(logger=None) is config

@@ -11,7 +11,9 @@ database; the worker Deployments go with the JobQueue by garbage collection.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+import os
 from collections.abc import Awaitable, Mapping
 from typing import Any
 
@@ -65,9 +67,16 @@ def stopping(memo: Any, **_: Any) -> None:
 
 @kopf.on.login(registry=registry)
 def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
-    """In-cluster service account, else the kubeconfig ($KUBECONFIG)."""
-    info: kopf.ConnectionInfo | None = kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(
-        **kwargs)
+    """In-cluster service account, else the kubeconfig ($KUBECONFIG). In-cluster, the API server is
+    where the kubelet says (KUBERNETES_SERVICE_HOST/PORT), as client-go finds it: kopf's own default,
+    the name kubernetes.default.svc, would make the operator depend on the cluster's DNS."""
+    info: kopf.ConnectionInfo | None = kopf.login_with_service_account(**kwargs)
+    if info is None:
+        found: kopf.ConnectionInfo | None = kopf.login_with_kubeconfig(**kwargs)
+        return found
+    host, port = os.environ.get("KUBERNETES_SERVICE_HOST"), os.environ.get("KUBERNETES_SERVICE_PORT")
+    if host and port:
+        info = dataclasses.replace(info, server=f"https://{f'[{host}]' if ':' in host else host}:{port}")
     return info
 
 
