@@ -31,6 +31,7 @@ REPO = Path(__file__).resolve().parents[2]
 BUILD_SH = REPO / "tools" / "k8s" / "build.sh"
 GPU = "nvidia.com/gpu"
 FAKE_NODE_ANNOTATION = "kwok.x-k8s.io/node"
+KWOK_NODES = {"cpu-1": 0, "cpu-2": 0, "gpu-1": 1, "gpu-2": 1}  # the test clusters' fake nodes: name -> GPUs
 _INSECURE = ssl._create_unverified_context()
 T = TypeVar("T")
 
@@ -52,12 +53,12 @@ def build() -> Path:
     return Path(out.stdout.strip().splitlines()[-1])
 
 
-def free_ports(n: int) -> list[int]:
-    """Return ``n`` distinct free loopback ports (all bound at once, so no duplicates)."""
+def free_ports(n: int, address: str = "127.0.0.1") -> list[int]:
+    """Return ``n`` distinct free ports on ``address`` (all bound at once, so no duplicates)."""
     socks = [socket.socket() for _ in range(n)]
     try:
         for s in socks:
-            s.bind(("127.0.0.1", 0))
+            s.bind((address, 0))
         return [s.getsockname()[1] for s in socks]
     finally:
         for s in socks:
@@ -83,6 +84,7 @@ class Component:
     health_url: str
     log: Path
     token: str | None = None
+    env: dict[str, str] | None = None  # default: this process's environment
     proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     def start(self) -> None:
@@ -90,6 +92,7 @@ class Component:
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(
                 self.argv,
+                env=self.env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
@@ -128,18 +131,24 @@ class Component:
 
 
 class Cluster:
-    """A running control plane; ``kubeconfig`` is the admin kubeconfig (token, TLS unverified)."""
+    """A running control plane; ``kubeconfig`` is the admin kubeconfig (token, TLS unverified).
 
-    def __init__(self, workdir: Path, bin_dir: Path) -> None:
+    The API server listens on ``address``: loopback by default; a real node's bridge address
+    (``tests/k8s/node.py``) when pods must reach it. Its serving certificate then names that address.
+    """
+
+    def __init__(self, workdir: Path, bin_dir: Path, address: str = "127.0.0.1") -> None:
         self.workdir = workdir
         self.bin_dir = bin_dir
+        self.address = address
         self.kubeconfig = workdir / "kubeconfig"
         self.token = secrets.token_hex(16)
-        etcd, peer, api, kcm, sched, kwok = free_ports(6)
-        self.server = f"https://127.0.0.1:{api}"
+        etcd, peer, kcm, sched, kwok, api = free_ports(6)
+        self.api_port = api if address == "127.0.0.1" else free_ports(1, address)[0]
+        self.server = f"https://{address}:{self.api_port}"
         self.components = [
             self._etcd(etcd, peer),
-            self._apiserver(api, etcd),
+            self._apiserver(self.api_port, etcd),
             self._controller_manager(kcm),
             self._scheduler(sched),
             self._kwok(kwok),
@@ -147,13 +156,13 @@ class Cluster:
         self._api_client: Any = None
 
     @classmethod
-    def start(cls, workdir: Path | str, timeout: float = 90.0) -> Cluster:
+    def start(cls, workdir: Path | str, timeout: float = 90.0, address: str = "127.0.0.1") -> Cluster:
         """Build if needed, then start everything in ``workdir`` (created; must be empty) and wait for it."""
         workdir = Path(workdir).resolve()
         workdir.mkdir(parents=True, exist_ok=True)
         if any(workdir.iterdir()):
             raise ClusterError(f"{workdir} is not empty (Cluster.stop removes it)")
-        cluster = cls(workdir, build())
+        cluster = cls(workdir, build(), address)
         atexit.register(cluster.stop)
         try:
             cluster._boot(time.monotonic() + timeout)
@@ -207,10 +216,15 @@ class Cluster:
         flags = {
             "etcd-servers": f"http://127.0.0.1:{etcd}",
             "cert-dir": self.workdir / "certs",
-            "bind-address": "127.0.0.1",
-            "advertise-address": "127.0.0.1",
+            "bind-address": self.address,
+            "advertise-address": self.address,
             "secure-port": port,
             "endpoint-reconciler-type": "none",  # else: "may not be in the loopback range"
+            # A real node (node.py) serves logs and exec on its bridge address; kwok nodes serve none.
+            "kubelet-preferred-address-types": "InternalIP",
+            # A namespace's annotations may pin its pods to a node and give them tolerations (the
+            # end-to-end tier pins its namespaces to the real node); without annotations, no effect.
+            "enable-admission-plugins": "PodNodeSelector,PodTolerationRestriction",
             "token-auth-file": self.workdir / "tokens.csv",
             "authorization-mode": "RBAC",
             "service-account-issuer": "https://kubernetes.default.svc",
@@ -226,6 +240,9 @@ class Cluster:
         flags = {
             **self._client_flags(port),
             "service-account-private-key-file": self.workdir / "sa.key",
+            # The CA in every pod's kube-root-ca.crt: the API server's self-signed bundle, so that
+            # in-cluster clients on a real node verify it (the kubelet needs the ConfigMap to exist).
+            "root-ca-file": self.workdir / "certs" / "apiserver.crt",
             "use-service-account-credentials": "false",
             "controllers": "*,-nodeipam",  # keeps node-lifecycle: it lifts the not-ready taint
         }

@@ -13,10 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.k8s.cluster import Cluster, build
+from tests.k8s.cluster import KWOK_NODES, Cluster, build
 
 HERE = Path(__file__).resolve().parent
-NODES = {"cpu-1": 0, "cpu-2": 0, "gpu-1": 1, "gpu-2": 1}  # name: GPUs
 
 
 def _skipped() -> bool:
@@ -56,7 +55,7 @@ def k8s_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     if _skipped():
         pytest.skip("SKIPLOCK_SKIP_K8S=1")
     with Cluster.start(tmp_path_factory.mktemp("k8s")) as cluster:
-        for name, gpus in NODES.items():
+        for name, gpus in KWOK_NODES.items():
             cluster.add_node(name, gpus=gpus)
         cluster.wait_nodes_ready()
         yield cluster
