@@ -176,6 +176,10 @@ def build_parser() -> EnvParser:
     p.add_argument("--retain-dead", type=_duration_arg, default=None, help="keep dead jobs this long (default 7d)")
     p.add_argument("--metrics-port", type=_port_arg, default=None, help="serve /metrics, /healthz, /readyz")
     p.add_argument("--metrics-host", default=None, help="address for --metrics-port (default 0.0.0.0)")
+    p.add_argument("--max-result-bytes", type=_positive_int, default=None,
+                   help="largest result a handler may return, as JSON (default 1 MiB); a larger one fails the job")
+    p.add_argument("--loop-lag-warning", type=_duration_arg, default=None,
+                   help="warn when a handler blocks the event loop this long (default 1s; 0: never)")
 
     p = command(sub, "stats", "per queue: jobs by state and the oldest pending age")
     p.add_argument("--json", action="store_true")
@@ -362,6 +366,7 @@ WORKER_FLAGS = {
     "recovery_interval": "--recovery-interval", "shutdown_grace": "--shutdown-grace",
     "backoff_base": "--backoff-base", "backoff_max": "--backoff-max", "retain_finished": "--retain-finished",
     "retain_dead": "--retain-dead", "metrics_port": "--metrics-port", "metrics_host": "--metrics-host",
+    "max_result_bytes": "--max-result-bytes", "loop_lag_warning": "--loop-lag-warning",
 }
 """Each ``WorkerConfig`` field and its ``skiplock worker`` flag (its variable: see ``cli_env``)."""
 

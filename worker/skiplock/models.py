@@ -6,12 +6,13 @@ import json
 import os
 import re
 from datetime import UTC, datetime, timedelta
-from enum import StrEnum
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import InvalidJob, PayloadTooLarge
+from .states import FINISHED as FINISHED  # re-exported: the job model's states
+from .states import State as State
 
 INT32 = 2**31 - 1
 INT64 = 2**63 - 1
@@ -20,22 +21,6 @@ MAX_LABELS_BYTES = 64 * 1024
 DEFAULT_MAX_PAYLOAD = 1024 * 1024
 _encode = json.JSONEncoder(allow_nan=False, ensure_ascii=False, separators=(",", ":")).encode
 _NUL_ESCAPE = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")  # JSON's escape of NUL, not an escaped backslash
-
-
-class State(StrEnum):
-    """A job's state; see docs/state-machine.md."""
-
-    SCHEDULED = "scheduled"
-    BLOCKED = "blocked"
-    PENDING = "pending"
-    RUNNING = "running"
-    COMPLETED = "completed"
-    RETRY = "retry"
-    DEAD = "dead"
-    CANCELLED = "cancelled"
-
-
-FINISHED = frozenset({State.COMPLETED, State.DEAD, State.CANCELLED})
 
 
 def max_payload_bytes() -> int:
