@@ -21,20 +21,21 @@ from typing import Any
 import psycopg
 from pydantic import ValidationError
 
-from . import __version__
+from . import __version__, states
 from .cli_env import EnvParser, check_library_env, configure_env
 from .db import RedactingFilter, connect_sync, redact, resolve_dsn
 from .durations import parse_duration
 from .errors import InvalidJob, SkiplockError
 from .migrate import migrate, require_current
-from .models import JobSpec, describe, make_spec
+from .models import JobSpec, State, describe, make_spec
 from .progress import Progress
 from .queue import Queue
 from .registry import JobRegistry
 
 log = logging.getLogger("skiplock")
 LOG_LEVELS = ("debug", "info", "warning", "error")
-STATES = ("scheduled", "blocked", "pending", "running", "completed", "retry", "dead", "cancelled")
+STATES = tuple(s.value for s in State)
+PURGEABLE = tuple(s.value for s in states.ordered(states.PURGEABLE))
 
 
 def _json_arg(text: str) -> Any:
@@ -203,7 +204,7 @@ def build_parser() -> EnvParser:
     p.add_argument("id", type=_positive_int)
     p = command(jsub, "purge", "delete finished jobs older than an age")
     p.add_argument("--state", dest="states", action="append", required=True,
-                   choices=["completed", "dead", "cancelled"], help="repeatable")
+                   choices=PURGEABLE, help="repeatable")
     p.add_argument("--older-than", type=_duration_arg, required=True, help="e.g. 7d, 12h")
 
     sched = command(sub, "schedule", "periodic jobs: add, list, remove, pause, resume")

@@ -146,8 +146,8 @@ FAILED = FINISHED - {State.COMPLETED}
 """Ended without completing: what cancels a job's dependents."""
 
 SQL_SETS: dict[str, frozenset[State]] = {
-    "runnable": RUNNABLE, "timed": TIMED, "finished": FINISHED, "cancellable": CANCELLABLE,
-    "retryable": RETRYABLE, "failed": FAILED,
+    "runnable": RUNNABLE, "timed": TIMED, "finished": FINISHED, "failed": FAILED, "cancellable": CANCELLABLE,
+    "retryable": RETRYABLE,
 }
 """The sets ``queries.sql`` names as ``{{name}}``; each becomes a SQL list ``('a', 'b')``."""
 
@@ -186,9 +186,16 @@ GENERATED_BEGIN = "<!-- generated from skiplock/states.py by tools/state_diagram
 GENERATED_END = "<!-- end of generated part -->"
 
 
+def sets() -> str:
+    """The named state sets (``SQL_SETS``) as a markdown list."""
+    return "\n".join(f"- `{{{{{name}}}}}`: " + ", ".join(s.value for s in ordered(members))
+                     for name, members in SQL_SETS.items())
+
+
 def generated_docs() -> str:
     """The generated part of docs/state-machine.md, markers included."""
-    return f"{GENERATED_BEGIN}\n\n```mermaid\n{mermaid()}\n```\n\n{table()}\n\n{GENERATED_END}"
+    return (f"{GENERATED_BEGIN}\n\n```mermaid\n{mermaid()}\n```\n\n{table()}\n\n"
+            f"The state sets the statements name:\n\n{sets()}\n\n{GENERATED_END}")
 
 
 def with_generated_docs(text: str) -> str:

@@ -98,7 +98,7 @@ WITH f AS (
 ), done AS (
     UPDATE skiplock.jobs j
     SET state = CASE
-            WHEN f.outcome IN ('completed', 'cancelled', 'dead') THEN f.outcome
+            WHEN f.outcome <> 'failed' THEN f.outcome  -- completed, cancelled, dead: as said
             WHEN j.attempts >= j.max_attempts THEN 'dead'
             WHEN j.cancel_requested THEN 'cancelled'
             ELSE 'retry' END::skiplock.job_state,
