@@ -11,7 +11,7 @@ import json
 from collections.abc import Generator, Sequence
 from typing import Any
 
-from .errors import InvalidJob, JobNotFound
+from .errors import InvalidJob, JobNotFound, UnknownDependency
 from .models import JobSpec, State, max_payload_bytes
 from .retry import DEFAULT, RetryPolicy
 from .states import FAILED, RETRYABLE, ordered
@@ -62,7 +62,7 @@ def enqueue(specs: Sequence[JobSpec]) -> Plan:
         deps = {r["id"]: r["state"] for r in found}
         missing = [d for d in dep_ids if d not in deps]
         if missing:
-            raise JobNotFound(f"depends_on names unknown job ids: {missing[:10]}")
+            raise UnknownDependency(missing)
     limit = max_payload_bytes()
     rows = "[" + ",".join(_job_row(i, s, deps, limit) for i, s in enumerate(specs)) + "]"
     (inserted,) = yield [("enqueue", {"jobs": rows})]

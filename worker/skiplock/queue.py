@@ -111,9 +111,11 @@ class Queue:
         return JobRecord(**rows[0])
 
     async def list_jobs(self, *, state: str | None = None, queue: str | None = None, type: str | None = None,
-                   tenant: str | None = None, limit: int = 50, offset: int = 0) -> list[JobRecord]:
-        rows = await self._fetch("list_jobs", {"state": state, "queue": queue, "type": type,
-                                               "tenant": tenant, "limit": limit, "offset": offset})
+                        tenant: str | None = None, limit: int = 50, offset: int = 0,
+                        brief: bool = False) -> list[JobRecord]:
+        """Newest first. ``brief``: without payload and result (None), for lists that do not show them."""
+        rows = await self._fetch("list_jobs", {"state": state, "queue": queue, "type": type, "tenant": tenant,
+                                               "limit": limit, "offset": offset, "brief": brief})
         return [JobRecord(**r) for r in rows]
 
     async def dependents(self, job_id: int, limit: int = 100) -> list[dict[str, Any]]:

@@ -334,8 +334,17 @@ UNION ALL
 SELECT *, true AS archived FROM skiplock.jobs_history WHERE id = %(id)s;
 
 -- name: list_jobs
--- Newest first, from both tables, filtered by any of state, queue, type, tenant.
-SELECT * FROM (
+-- Newest first, from both tables, filtered by any of state, queue, type, tenant. With %(brief)s
+-- (list pages), the payload and result stay in the database (NULL here, never read from storage)
+-- and the error is cut to its first 4000 characters: a page costs the same whatever the jobs hold.
+SELECT j.id, j.queue, j.type, j.priority, j.state, j.run_at, j.attempts, j.max_attempts,
+       j.timeout_seconds, j.tenant, j.labels, j.dedup_key, j.depends_on, j.pending_deps,
+       j.cancel_requested, j.worker_id, j.lease_expires_at, j.created_at, j.updated_at, j.started_at,
+       j.finished_at, j.archived,
+       CASE WHEN %(brief)s THEN NULL ELSE j.payload END AS payload,
+       CASE WHEN %(brief)s THEN NULL ELSE j.result END AS result,
+       CASE WHEN %(brief)s THEN left(j.last_error, 4000) ELSE j.last_error END AS last_error
+FROM (
     SELECT *, false AS archived FROM skiplock.jobs
     UNION ALL
     SELECT *, true AS archived FROM skiplock.jobs_history
@@ -583,3 +592,16 @@ WHERE c.depends_on @> ARRAY[%(id)s::bigint]
               SELECT 1 FROM skiplock.jobs_history WHERE id = %(id)s AND has_dependents)
 ORDER BY c.id
 LIMIT %(limit)s;
+
+-- name: ui_session_create
+-- A job browser login: a new session, of which only a digest is stored; expired sessions go.
+WITH gone AS (DELETE FROM skiplock.ui_sessions WHERE expires_at < now())
+INSERT INTO skiplock.ui_sessions (digest, expires_at)
+VALUES (%(digest)s, now() + make_interval(secs => %(seconds)s));
+
+-- name: ui_session_valid
+SELECT true AS valid FROM skiplock.ui_sessions WHERE digest = %(digest)s AND expires_at > now();
+
+-- name: ui_session_revoke
+-- Logout: the session ends on every UI replica at once.
+DELETE FROM skiplock.ui_sessions WHERE digest = %(digest)s;
