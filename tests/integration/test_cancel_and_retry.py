@@ -158,7 +158,8 @@ async def test_a_retried_job_can_be_cancelled_again(queue: Queue, dsn: str) -> N
 
 
 async def _is(queue: Queue, job_id: int, state: State) -> bool:
-    return await state_of(queue, job_id) == state
+    found: State = await state_of(queue, job_id)
+    return found == state
 
 
 # -- retry policy ------------------------------------------------------------------------------------

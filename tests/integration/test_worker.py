@@ -186,7 +186,7 @@ async def test_heartbeat_renews_all_leases_in_one_statement(queue: Queue, dsn: s
             calls += name == "heartbeat"
             return await original(name, params)
 
-        worker.db.execute = counting  # type: ignore[method-assign,assignment]
+        worker.db.execute = counting  # type: ignore[method-assign]
         await worker.heartbeat()
         after = {i: (await queue.get(i)).lease_expires_at for i in ids}
         assert calls == 1 and all(after[i] > before[i] for i in ids)  # type: ignore[operator]

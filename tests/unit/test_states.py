@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import re
 from importlib import resources
 
@@ -28,10 +29,10 @@ def test_queries_name_state_sets_instead_of_copying_them() -> None:
 
 
 def _choices(*path: str, dest: str) -> list[str]:
-    parser = build_parser()
+    parser: argparse.ArgumentParser = build_parser()
     for name in path:
-        sub = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
-        parser = sub.choices[name]  # type: ignore[attr-defined]
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        parser = sub.choices[name]
     action = next(a for a in parser._actions if a.dest == dest)
     return list(action.choices or [])
 
