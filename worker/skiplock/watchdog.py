@@ -67,7 +67,7 @@ class LoopWatchdog(Service):
                 continue
             warned_for = tick
             self.warnings += 1
-            log.warning("the event loop is blocked (%.1fs so far) at %s; running: %s. %s", stuck,
+            log.warning("the event loop is blocked (%.1fs so far) at %s; running: %s - %s", stuck,
                         self._where(), self._running() or "no job", ADVICE)
 
     def _where(self) -> str:
