@@ -26,6 +26,7 @@ from .cli_env import EnvParser, check_library_env, configure_env
 from .db import RedactingFilter, connect_sync, redact, resolve_dsn
 from .durations import parse_duration
 from .errors import InvalidJob, SkiplockError
+from .extras import MissingDependency, needs
 from .migrate import migrate, require_current
 from .models import JobSpec, describe, make_spec
 from .progress import Progress
@@ -543,7 +544,8 @@ def cmd_limits(args: argparse.Namespace) -> int:
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
-    from .ui.app import run_ui
+    with needs("ui", "`skiplock ui`"):
+        from .ui.app import run_ui
 
     return run_ui(args)
 
@@ -555,7 +557,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_operator(args: argparse.Namespace) -> int:
-    from .operator.main import run_operator
+    with needs("operator", "`skiplock operator`"):
+        from .operator.main import run_operator
 
     return run_operator(args)
 
@@ -587,9 +590,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("skiplock: interrupted", file=sys.stderr)
         return 130
-    except (SkiplockError, OSError, psycopg.Error) as exc:
+    except (SkiplockError, MissingDependency, OSError, psycopg.Error) as exc:
         text = str(exc).strip()
-        message = text if isinstance(exc, SkiplockError) else (text.splitlines()[0] if text else repr(exc))
+        ours = isinstance(exc, (SkiplockError, MissingDependency))
+        message = text if ours else (text.splitlines()[0] if text else repr(exc))
         print(f"skiplock: error: {redact(message, args.database_url)}", file=sys.stderr)
         return 1
     return 0
