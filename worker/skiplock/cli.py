@@ -263,6 +263,8 @@ def build_parser() -> EnvParser:
     p.add_argument("--query-timeout", type=_duration_arg, default=5.0,
                    help="seconds a database query may take (default 5)")
     p.add_argument("--standalone", action="store_true", help="no leader election (a single operator)")
+    p.add_argument("--no-migrate", action="store_true",
+                   help="leave each JobQueue's database schema alone (default: migrate it when it is behind)")
     configure_env(parser)
     return parser
 
