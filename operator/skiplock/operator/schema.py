@@ -36,9 +36,14 @@ def bring_up_to_date(dsn: str, lock_timeout: float, connect_timeout: float) -> l
     # advisory lock another migrator holds, and the table locks of the workers' transactions.
     options = f"{conninfo_to_dict(dsn).get('options') or ''} -c lock_timeout={int(lock_timeout * 1000)}".strip()
     with connect_sync(dsn, "operator-migrate", options=options, connect_timeout=max(1, round(connect_timeout))) as conn:
-        if schema_version(conn) >= latest:
-            return []
-        return migrate(conn)
+        try:
+            if schema_version(conn) >= latest:
+                return []
+            return migrate(conn)
+        except DatabaseUnavailable as exc:
+            if conn.broken or conn.closed:  # the database went away: unreachable, not a failed migration
+                raise
+            raise SkiplockError(str(exc)) from exc  # e.g. a lock timeout: the migration failed
 
 
 @dataclass
