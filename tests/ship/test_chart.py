@@ -536,6 +536,7 @@ def test_migration_job_with_a_database_url_reads_it_from_a_hook_secret() -> None
         int(job["metadata"]["annotations"]["helm.sh/hook-weight"])
     assert secret["stringData"] == one(objects, "Secret", f"{RELEASE}-database")["stringData"]
     assert database_url_ref(job) == {"name": MIGRATION, "key": "DATABASE_URL"}
+    assert f"migrated by the Job {MIGRATION}" in notes(files=[SCENARIOS["gpu-pool"]])
 
 
 def test_migration_job_with_an_existing_secret_reads_it() -> None:
