@@ -234,6 +234,46 @@ def test_manifests_operator_works_with_its_serviceaccount(applied: Cluster, dsn:
     assert operator.proc is not None and operator.proc.returncode == 0, operator.tail()
 
 
+def test_manifests_operator_migrates_a_fresh_database(applied: Cluster, pg_admin_dsn: str, tmp_path: Path) -> None:
+    """The kubectl path has no Helm hook: a JobQueue applied next to an empty database gets its
+    schema from the operator (running with the install's ServiceAccount) before its pools scale."""
+    from tests.conftest import drop_database, fresh_database
+
+    empty = fresh_database(pg_admin_dsn, template="template0")
+    ns = f"fresh-{secrets.token_hex(3)}"
+    applied.kubectl("create", "namespace", ns)
+    applied.kubectl("-n", ns, "create", "secret", "generic", "skiplock-database",
+                    f"--from-literal=DATABASE_URL={empty}")
+    container = operator_container(objects(MANIFESTS))
+    kubeconfig = token_kubeconfig(applied, SYSTEM, "skiplock-operator", tmp_path / "sa.kubeconfig")
+    operator = Operator(kubeconfig, tmp_path / "operator.log", *local_args(container), pod_namespace=SYSTEM)
+    operator.start()
+    try:
+        operator.wait_healthy()
+        app = apply_example(applied, ns, EXAMPLES / "jobqueue-cpu.yaml")
+
+        def migrated_event() -> list[dict[str, Any]]:
+            found = json.loads(applied.kubectl("-n", ns, "get", "events", "--field-selector",
+                                               "reason=SchemaMigrated", "-o", "json").stdout)["items"]
+            return [e for e in found if e["involvedObject"]["name"] == app["metadata"]["name"]]
+
+        (event,) = wait_until(migrated_event, 90, "the SchemaMigrated event", state=lambda: operator.tail(10))
+        assert event["type"] == "Normal" and "0001_initial" in event["message"], event
+        with psycopg.connect(empty) as conn:
+            versions = [r[0] for r in conn.execute("SELECT version FROM skiplock.schema_migrations ORDER BY 1")]
+        assert versions == sorted(versions) and len(versions) == len(set(versions)) >= 1
+        with psycopg.connect(empty, autocommit=True) as conn:
+            enqueue(conn, "send", {}, queue=app["spec"]["queues"][0])
+        wait_until(lambda: deployment_status(applied, ns, "app-cpu").get("spec", {}).get("replicas", 0) >= 1, 90,
+                   "the pool scaled up for the job", state=lambda: operator.tail(10))
+        applied.kubectl("-n", ns, "delete", "jobqueue", "--all", "--timeout=60s")
+        assert not forbidden_lines(operator.log), "\n".join(forbidden_lines(operator.log))
+    finally:
+        operator.stop()
+        applied.kubectl("delete", "namespace", ns, "--wait=false", check=False)
+        drop_database(pg_admin_dsn, empty)
+
+
 # -- helm install ----------------------------------------------------------------------------------
 
 RELEASE, HELM_NS, WATCHED = "sk", "skiplock-helm", "team-a"
