@@ -396,18 +396,20 @@ def test_helm_install_ran_the_migration_hook(installed: tuple[Cluster, str]) -> 
         assert gone.returncode != 0 and "NotFound" in gone.stderr, (kind, gone.stdout)
 
 
-def test_the_migration_job_is_admitted_under_the_restricted_standard(installed: tuple[Cluster, str],
-                                                                     tmp_path: Path) -> None:
-    """The hook objects, as the chart renders them for this release, through the API server's
-    validation and Pod Security admission (warn=restricted reports a violating pod template)."""
+def test_the_migration_job_and_the_pdb_are_admitted(installed: tuple[Cluster, str], tmp_path: Path) -> None:
+    """The hook objects and, with two operator replicas, the PodDisruptionBudget, as the chart
+    renders them for this release, through the API server's validation and Pod Security admission
+    (warn=restricted reports a violating pod template)."""
     cluster, _ = installed
     values = tmp_path / "values.yaml"
-    values.write_text(yaml.safe_dump(HELM_VALUES))
+    values.write_text(yaml.safe_dump({**HELM_VALUES, "operator": {**HELM_VALUES["operator"], "replicas": 2}}))
     rendered = run([need("helm"), "template", RELEASE, str(CHART), "--namespace", HELM_NS, "-f", str(values),
-                    "--show-only", "templates/migration-job.yaml"]).stdout
+                    "--show-only", "templates/migration-job.yaml",
+                    "--show-only", "templates/poddisruptionbudget.yaml"]).stdout
     res = cluster.kubectl("apply", "--dry-run=server", "-n", HELM_NS, "-f", "-", input=rendered)
     assert f"job.batch/{MIGRATION} created (server dry run)" in res.stdout, res.stdout
     assert f"secret/{MIGRATION} created (server dry run)" in res.stdout, res.stdout
+    assert f"poddisruptionbudget.policy/{RELEASE}-skiplock-operator created (server dry run)" in res.stdout
     assert "violate" not in res.stderr, res.stderr
 
 

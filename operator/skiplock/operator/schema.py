@@ -21,8 +21,7 @@ from psycopg.conninfo import conninfo_to_dict
 
 from skiplock.db import connect_sync, redact
 from skiplock.errors import DatabaseUnavailable, SchemaMissing, SkiplockError
-from skiplock.migrate import migrate, schema_version
-from skiplock.sql import migrations
+from skiplock.migrate import migrate
 
 from .db import digest
 
@@ -30,15 +29,13 @@ log = logging.getLogger("skiplock.operator.schema")
 
 
 def bring_up_to_date(dsn: str, lock_timeout: float, connect_timeout: float) -> list[str]:
-    """Apply the migrations ``dsn``'s schema lacks; the names applied (none when current). Blocking."""
-    latest = migrations()[-1].version
+    """Apply the migrations ``dsn``'s schema lacks (``migrate``: one query when it is current); the
+    names applied. Blocking."""
     # No statement timeout (a migration may rewrite a big table), but a bounded wait for locks: the
     # advisory lock another migrator holds, and the table locks of the workers' transactions.
     options = f"{conninfo_to_dict(dsn).get('options') or ''} -c lock_timeout={int(lock_timeout * 1000)}".strip()
     with connect_sync(dsn, "operator-migrate", options=options, connect_timeout=max(1, round(connect_timeout))) as conn:
         try:
-            if schema_version(conn) >= latest:
-                return []
             return migrate(conn)
         except DatabaseUnavailable as exc:
             if conn.broken or conn.closed:  # the database went away: unreachable, not a failed migration
