@@ -94,6 +94,19 @@ def apply_example(cluster: Cluster, namespace: str, path: Path, secret: str = "s
     return dict(body)
 
 
+def wait_established(cluster: Cluster) -> None:
+    """Until the CRD serves. (Not `kubectl wait --for condition=established`: on a CRD created a
+    moment ago, before it has any condition, it fails at once instead of waiting.)"""
+    def established() -> bool:
+        res = cluster.kubectl("get", "crd", "jobqueues.skiplock.dev", "-o", "json", check=False)
+        if res.returncode:
+            return False
+        conditions = json.loads(res.stdout).get("status", {}).get("conditions") or []
+        return any(c["type"] == "Established" and c["status"] == "True" for c in conditions)
+
+    wait_until(established, 30, "the JobQueue CRD established")
+
+
 def forbidden_lines(log: Path) -> list[str]:
     return [ln for ln in log.read_text(errors="replace").splitlines()
             if "Forbidden" in ln or " 403" in ln or "forbidden" in ln]
@@ -156,7 +169,7 @@ def applied(k8s_cluster: Cluster) -> Iterator[Cluster]:
     """manifests/ applied as a user would (files in order, the CRD before anything uses it)."""
     out = k8s_cluster.kubectl("apply", "-f", str(MANIFESTS)).stdout
     assert "namespace/skiplock-system" in out and "customresourcedefinition" in out, out
-    k8s_cluster.kubectl("wait", "--for", "condition=established", "--timeout=30s", "crd/jobqueues.skiplock.dev")
+    wait_established(k8s_cluster)
     yield k8s_cluster
     # The namespaced part goes; the CRD stays (other tests of the session use it).
     for f in ("04-dashboards.yaml", "03-operator.yaml", "02-rbac.yaml", "00-namespace.yaml"):
@@ -310,7 +323,7 @@ def printer_columns(cluster: Cluster) -> list[str]:
 def apply_crd_file(cluster: Cluster) -> None:
     """The CRD from the plain file, with `kubectl apply` (what manifests/01-crd.yaml installs)."""
     cluster.kubectl("apply", "-f", str(CRD_FILE))
-    cluster.kubectl("wait", "--for", "condition=established", "--timeout=30s", "crd/jobqueues.skiplock.dev")
+    wait_established(cluster)
 
 
 @pytest.fixture(scope="module")
