@@ -315,8 +315,18 @@ def test_existing_secret_scenario() -> None:
     assert env["DATABASE_URL"] == {"name": "skiplock-db", "key": "uri"}
     assert env["SKIPLOCK_UI_TOKEN"] == {"name": "skiplock-ui-token", "key": "token"}
     assert ui["containers"][0]["command"] == ["skiplock"]
-    assert ui["containers"][0]["args"] == ["ui", "--host", "0.0.0.0", "--port", "8000"]
+    assert ui["containers"][0]["args"][:5] == ["ui", "--host", "0.0.0.0", "--port", "8000"]
     assert ui["automountServiceAccountToken"] is False
+
+
+def test_ui_answers_to_its_service_names_loopback_and_the_allowed_hosts() -> None:
+    """The UI's Host allow-list (against DNS rebinding) lets in port-forward, the Service and an Ingress host."""
+    values = {"ui": {"enabled": True, "allowedHosts": ["jobs.example.com"]}, "database": {"url": "postgresql://u@db/x"}}
+    args = one(render(values), "Deployment", f"{RELEASE}-ui")["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[5] == "--allowed-hosts"
+    svc = f"{RELEASE}-ui"
+    assert args[6].split(",") == ["localhost", "127.0.0.1", "::1", svc, f"{svc}.{NAMESPACE}", f"{svc}.{NAMESPACE}.svc",
+                                  f"{svc}.{NAMESPACE}.svc.cluster.local", "jobs.example.com"]
 
 
 def test_ui_token_is_generated_when_not_given() -> None:
