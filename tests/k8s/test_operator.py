@@ -32,7 +32,7 @@ from tests.k8s.cluster import GPU, Cluster, wait_for
 from tests.operator.support import claim
 
 ROOT = Path(__file__).resolve().parents[2]
-CRD = ROOT / "charts" / "skiplock" / "crds" / "jobqueues.skiplock.dev.yaml"
+CRD = ROOT / "charts" / "skiplock" / "files" / "crds" / "jobqueues.skiplock.dev.yaml"
 EXAMPLES = ROOT / "manifests" / "examples"
 # headroom 0: these tests count replicas exactly (the spare slots are tested in tests/operator)
 FAST = {"pollIntervalSeconds": 1, "scaleDownStabilizationSeconds": 2, "scaleToZeroAfterSeconds": 3, "headroom": 0}
