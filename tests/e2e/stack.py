@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import os
+import shutil
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -27,8 +28,8 @@ from skiplock.embedded import LocalPostgres
 from tests.k8s.cluster import KWOK_NODES, Cluster
 from tests.k8s.node import REAL_NODE_LABEL, PodNetwork, RealNode
 from tests.ship.tools import REPO, run
+from tests.ship.tools import build_images as build_targets
 
-BUILD_IMAGES = REPO / "tools" / "build-images.sh"
 IMAGE_DIR = Path(__file__).resolve().parent / "image"
 FIGURES: dict[str, str] = {}  # what the tier measured: printed in the terminal summary
 REAL_NODE = "real-1"
@@ -61,7 +62,7 @@ def package_version() -> str:
 
 def buildah(*args: str, timeout: float = 600) -> str:
     """buildah on the storage of tools/build-images.sh."""
-    return run(["bash", str(BUILD_IMAGES), "buildah", *args], timeout=timeout).stdout
+    return run(["bash", str(REPO / "tools" / "build-images.sh"), "buildah", *args], timeout=timeout).stdout
 
 
 def build_images() -> Images:
@@ -72,8 +73,7 @@ def build_images() -> Images:
     if os.environ.get("SKIPLOCK_E2E_IMAGES") == "reuse":  # by hand, between runs: the images of the last build
         names = buildah("images", "--format", "{{.Name}}:{{.Tag}}").split()
     else:
-        out = run(["bash", str(BUILD_IMAGES), "worker", "operator"], timeout=2400).stdout
-        names = [line.split()[0] for line in out.splitlines() if line.strip()]  # lines: NAME SIZE
+        names = [name for name, _ in build_targets("worker", "operator").values()]
     took["worker+operator"] = time.monotonic() - start
     version = package_version()
     (worker,) = [n for n in names if n == f"localhost/skiplock-worker:{version}"]
@@ -90,14 +90,16 @@ def build_images() -> Images:
 
 
 def load_images(node: RealNode, images: Images, workdir: Path) -> float:
-    """``buildah push ... oci-archive:`` then ``ctr images import`` on the node; returns the seconds taken."""
+    """``buildah push`` of every image into one OCI layout (shared layers written once), then one
+    ``ctr images import`` of it on the node; returns the seconds taken."""
     start = time.monotonic()
-    workdir.mkdir(parents=True, exist_ok=True)
+    layout = workdir / "layout"
     for name in images.all():
-        archive = workdir / (name.rsplit("/", 1)[1].replace(":", "_") + ".tar")
-        buildah("push", "--quiet", "--disable-compression", name, f"oci-archive:{archive}:{name}")
-        node.import_archive(archive)
-        archive.unlink()
+        buildah("push", "--quiet", name, f"oci:{layout}:{name}")
+    archive = workdir / "images.tar"
+    run(["tar", "-C", str(layout), "-cf", str(archive), "."])
+    node.import_archive(archive)
+    shutil.rmtree(workdir)
     return time.monotonic() - start
 
 

@@ -22,11 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
 import yaml
 
-from skiplock.migrate import migrate
 from tests.e2e import audit as db
 from tests.e2e.stack import FIGURES, REAL_NODE, Stack, pinned_namespace
 from tests.k8s.cluster import Cluster
@@ -40,6 +38,7 @@ JOBQUEUE, POOL = "e2e", "cpu"
 DEPLOYMENT = f"{JOBQUEUE}-{POOL}"
 WORKERS = f"skiplock.dev/jobqueue={JOBQUEUE},skiplock.dev/pool={POOL}"
 OPERATOR = "app.kubernetes.io/component=operator"
+MIGRATION = f"{RELEASE}-skiplock-migration"  # the hook Job's name
 LEASE_SECONDS = 6
 _INSECURE = ssl._create_unverified_context()
 
@@ -132,13 +131,6 @@ class Release:
         return wait_until(probe, timeout, f"a worker pod running {at_least} jobs", every=0.2, state=self.state)
 
 
-def migrate_by_hand(dsn: str) -> None:
-    """# TODO(issue 13, item 4; branch packaging): the install creates the schema (a helm hook or the
-    operator). Until that lands, the test migrates the way docs/install.md told users to."""
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        migrate(conn)
-
-
 @pytest.fixture(scope="module")
 def release(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Release]:
     """``helm install`` of the chart with the images of this run, then the JobQueue with ``kubectl apply``."""
@@ -146,27 +138,29 @@ def release(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     for namespace in (SYSTEM, APPS):
         pinned_namespace(cluster, namespace)
     db.sql(stack.postgres.uri, "CREATE DATABASE e2e")
-    dsn = stack.dsn.rsplit("/", 1)[0] + "/e2e"
-    migrate_by_hand(dsn)
-    db.sql(dsn, db.RUNS_TABLE)
+    dsn = stack.dsn.rsplit("/", 1)[0] + "/e2e"  # empty: the install creates the schema
     images = stack.images
-    registry, repository = images.operator.split(":")[0].split("/", 1)
+    def image(name: str, **policy: str) -> dict[str, str]:  # localhost/skiplock-x:1.2.3 as the chart spells it
+        registry, repository = name.rsplit(":", 1)[0].split("/", 1)
+        return {"registry": registry, "repository": repository, "tag": images.version, **policy}
+
     values = {
-        "operator": {"image": {"registry": registry, "repository": repository, "tag": images.version,
-                               "pullPolicy": "Never"},
-                     "logLevel": "info"},
-        "ui": {"image": {"registry": registry, "repository": images.worker.split(":")[0].split("/", 1)[1],
-                         "tag": images.version, "pullPolicy": "Never"}},
+        "operator": {"image": image(images.operator, pullPolicy="Never")},
+        "ui": {"image": image(images.worker, pullPolicy="Never")},
+        "worker": {"image": image(images.worker)},  # the migration hook Job's image too
         "database": {"url": dsn},
     }
     path = tmp_path_factory.mktemp("helm") / "values.yaml"
     path.write_text(yaml.safe_dump(values))
     helm = [need("helm"), "--kubeconfig", str(cluster.kubeconfig)]
     start = time.monotonic()
-    out = run([*helm, "install", RELEASE, str(CHART), "--namespace", SYSTEM, "-f", str(path), "--wait",
-               "--timeout", "300s"], timeout=360).stdout
-    FIGURES["helm install --wait (operator pod Ready on the real node)"] = f"{time.monotonic() - start:.0f} s"
-    assert "STATUS: deployed" in out, out
+    install = run([*helm, "install", RELEASE, str(CHART), "--namespace", SYSTEM, "-f", str(path), "--wait",
+                   "--timeout", "240s"], timeout=300, check=False)
+    seen = cluster.kubectl("-n", SYSTEM, "get", "pods,events", check=False).stdout
+    assert install.returncode == 0, f"{install.stdout}{install.stderr}\n{seen}"
+    FIGURES["helm install --wait (schema migrated, operator pod Ready)"] = f"{time.monotonic() - start:.0f} s"
+    assert "STATUS: deployed" in install.stdout, install.stdout
+    db.sql(dsn, db.RUNS_TABLE)  # the handlers' record of their runs, beside the schema the install made
     cluster.kubectl("-n", APPS, "create", "secret", "generic", "e2e-database", f"--from-literal=DATABASE_URL={dsn}")
     cluster.kubectl("apply", "-f", "-", input=json.dumps(jobqueue(images.e2e["a"])))
     yield Release(stack, dsn, helm)
@@ -197,6 +191,15 @@ def test_install_runs_the_operator_in_cluster_on_the_real_node(release: Release)
     assert f"leading as {pod['metadata']['name']}" in logs, logs[-2000:]
     reasons = {e["reason"] for e in events(cluster, APPS, "JobQueue", JOBQUEUE)}
     assert "DeploymentCreated" in reasons, reasons
+
+
+def test_install_migrated_the_schema_with_its_hook_job_on_the_real_node(release: Release) -> None:
+    """The pre-install hook Job ran `skiplock migrate` from the worker image, on the real node (the Job
+    is deleted once it succeeded; its pod's events stay)."""
+    assert db.sql(release.dsn, "SELECT to_regclass('skiplock.jobs') IS NOT NULL")[0][0]
+    scheduled = [e["message"] for e in get(release.cluster, "events", "-n", SYSTEM)["items"]
+                 if e["reason"] == "Scheduled" and e["involvedObject"]["name"].startswith(MIGRATION)]
+    assert scheduled and all(m.endswith(f"to {REAL_NODE}") for m in scheduled), scheduled
 
 
 def test_burst_scales_up_runs_every_job_and_returns_to_zero(release: Release) -> None:
@@ -360,8 +363,11 @@ def test_ui_through_its_service(release: Release, tmp_path: Path) -> None:
     """``helm upgrade --set ui.enabled=true``: the UI pod runs `skiplock ui` from the worker image on the
     real node, and serves the job browser through ``kubectl port-forward service/...`` (as NOTES.txt says)."""
     cluster = release.cluster
-    run([*release.helm, "upgrade", RELEASE, str(CHART), "--namespace", SYSTEM, "--reuse-values",
-         "--set", "ui.enabled=true", "--wait", "--timeout", "180s"], timeout=240)
+    upgrade = run([*release.helm, "upgrade", RELEASE, str(CHART), "--namespace", SYSTEM, "--reuse-values",
+                   "--set", "ui.enabled=true", "--wait", "--timeout", "120s"], timeout=180, check=False)
+    if upgrade.returncode:
+        logs = cluster.kubectl("-n", SYSTEM, "logs", f"deployment/{RELEASE}-skiplock-ui", "--tail=20", check=False)
+        raise AssertionError(f"helm upgrade: {upgrade.stderr}\nthe UI pod's log:\n{logs.stdout}{logs.stderr}")
     (pod,) = [p for p in pods(cluster, SYSTEM, "app.kubernetes.io/component=ui") if running(p)]
     assert pod["spec"]["nodeName"] == REAL_NODE and ready(pod)
     token = cluster.kubectl("-n", SYSTEM, "get", "secret", f"{RELEASE}-skiplock-ui", "-o",

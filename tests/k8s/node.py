@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import ipaddress
 import json
 import os
@@ -46,6 +47,8 @@ KUBERNETES_SERVICE_IP = "10.96.0.1"  # first address of the cluster's --service-
 # Real-node pods get their addresses from here, a /24 per run; kwok uses 10.244.0.0/16, Services 10.96.0.0/16.
 SUBNET_POOL = ipaddress.ip_network("10.160.0.0/12")
 REAL_NODE_LABEL = "skiplock.dev/real-node"
+CNI_CACHE = Path("/var/lib/cni/results")
+SHIM_SOCKETS = Path("/run/containerd/s")  # containerd's DefaultStateDir/s: host-wide, whatever --state says
 
 
 def build_node() -> Path:
@@ -335,20 +338,38 @@ state = '{d / "containerd" / "state"}'
         """Signal a container's processes directly through containerd (``containerd://ID`` or ``ID``)."""
         self.ctr("tasks", "kill", "--signal", sig, container_id.removeprefix("containerd://"))
 
-    def stop(self) -> None:
-        """Stop the kubelet, kill every container and shim of this node, unmount, remove the workdir.
+    def drain(self, timeout: float = 60.0) -> bool:
+        """Cordon the node and delete its pods (1 s grace), so that the kubelet stops them the normal
+        way (network torn down, shims gone); whether no container runs any more within ``timeout``."""
+        self.cluster.core.patch_node(self.name, {"spec": {"unschedulable": True}})
+        for pod in self.cluster.core.list_pod_for_all_namespaces(field_selector=f"spec.nodeName={self.name}").items:
+            with contextlib.suppress(Exception):  # gone meanwhile
+                self.cluster.core.delete_namespaced_pod(pod.metadata.name, pod.metadata.namespace,
+                                                        grace_period_seconds=1)
+        deadline = time.monotonic() + timeout
+        while self.ctr("tasks", "list", "--quiet", check=False).stdout.split():
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.5)
+        return True
 
-        Pods still bound to the node are left to the caller (delete them while the kubelet runs for
-        a clean stop); whatever runs is killed here either way."""
+    def stop(self) -> None:
+        """Drain (while the kubelet and the API server run), stop the kubelet, then kill whatever still
+        runs: containers, shims; unmount, remove the workdir."""
+        if self.kubelet.proc is not None and self.kubelet.proc.poll() is None:
+            with contextlib.suppress(Exception):  # the API server may be gone already: the hard way below
+                self.drain()
         self.kubelet.stop()
         runc = [str(self.bin_dir / "runc"), "--root", str(self.runc_root / NAMESPACE)]  # the shim adds the namespace
         if (self.runc_root / NAMESPACE).exists():
             for cid in sh(*runc, "list", "--quiet", check=False).stdout.split():
                 sh(*runc, "delete", "--force", cid, check=False)
         self.containerd.stop()
-        for pid in _pids_with_arg(str(self.socket)):  # the shims: their own process groups
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        _kill_shims(str(self.socket))
+        # libcni's result cache is host-wide too; a pod stopped the normal way (drain) leaves none.
+        for sandbox in (self.workdir / "containerd" / "root" / "io.containerd.grpc.v1.cri" / "sandboxes").glob("*"):
+            (CNI_CACHE / f"cni-loopback-{sandbox.name}-lo").unlink(missing_ok=True)
+            (CNI_CACHE / f"{self.network.name}-{sandbox.name}-eth0").unlink(missing_ok=True)
         _unmount_under(self.workdir)
         shutil.rmtree(self.workdir, ignore_errors=True)
 
@@ -359,16 +380,25 @@ state = '{d / "containerd" / "state"}'
         self.stop()
 
 
-def _pids_with_arg(arg: str) -> list[int]:
-    """Processes whose command line contains ``arg`` as one argument (ours: it names our socket)."""
-    found = []
+def _kill_shims(address: str) -> None:
+    """SIGKILL the shims of the containerd at ``address`` (their argv names it; they run in process
+    groups of their own) and remove their sockets, which live in a host-wide directory."""
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
             continue
-        with contextlib.suppress(OSError):
-            if arg in (proc / "cmdline").read_bytes().decode(errors="replace").split("\0"):
-                found.append(int(proc.name))
-    return found
+        try:
+            argv = (proc / "cmdline").read_bytes().decode(errors="replace").split("\0")
+        except OSError:
+            continue
+        if not argv[0].endswith("containerd-shim-runc-v2") or address not in argv:
+            continue
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(int(proc.name), signal.SIGKILL)
+        opts = dict(zip(argv[1::2], argv[2::2], strict=False))
+        if "-id" in opts:  # containerd's shim.SocketAddress: sha256 of "<address>/<namespace>/<id>"
+            path = f"{address}/{opts.get('-namespace', NAMESPACE)}/{opts['-id']}"
+            for name in (path, f"{path}/debug"):
+                Path(SHIM_SOCKETS, hashlib.sha256(name.encode()).hexdigest()).unlink(missing_ok=True)
 
 
 def _unmount_under(root: Path) -> None:

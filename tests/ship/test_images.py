@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 
-from .tools import REPO, VERSION, need, run
+from .tools import BUILD_IMAGES, REPO, VERSION, build_images, need, run
 
 DOCKERFILES = {"worker": REPO / "Dockerfile.worker", "operator": REPO / "Dockerfile.operator"}
-BUILD = REPO / "tools" / "build-images.sh"
+BUILD = BUILD_IMAGES
 # The extras each image installs (pyproject.toml): the worker serves `skiplock ui` too (the chart runs
 # it in the worker image) and never the operator; both pin psycopg's self-contained driver.
 EXTRAS = {"worker": "binary,ui", "operator": "binary,operator"}
@@ -83,13 +83,7 @@ def images() -> dict[str, Image]:
     """Build all three images with tools/build-images.sh (cached base rootfs; ~3-7 min)."""
     for tool in ("buildah", "debootstrap"):
         need(tool)
-    out = run(["bash", str(BUILD)], timeout=1200).stdout
-    built = {}
-    for line in out.splitlines():
-        name, size = line.split(" ", 1)
-        key = "worker-gpu" if name.endswith("-gpu") else name.split("/")[-1].split(":")[0].removeprefix("skiplock-")
-        built[key] = Image(name, size)
-    assert set(built) == {"worker", "worker-gpu", "operator"}, out
+    built = {target: Image(*found) for target, found in build_images("worker", "worker-gpu", "operator").items()}
     print("\nimage sizes: " + ", ".join(f"{i.name} {i.size}" for i in built.values()))
     return built
 

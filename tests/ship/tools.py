@@ -79,6 +79,23 @@ def run(argv: Sequence[str], *, check: bool = True, timeout: float = 120,
     return res
 
 
+BUILD_IMAGES = REPO / "tools" / "build-images.sh"
+_built_images: dict[str, tuple[str, str]] = {}  # target -> (image name, size), built in this test run
+
+
+def build_images(*targets: str) -> dict[str, tuple[str, str]]:
+    """(image name, size) of each target (worker, worker-gpu, operator) of tools/build-images.sh,
+    built once per test run: a tier asks for what it needs, and what another tier built already in
+    this run is not built again."""
+    todo = [t for t in targets if t not in _built_images]
+    if todo:
+        out = run(["bash", str(BUILD_IMAGES), *todo], timeout=2400).stdout
+        lines = [line.split(" ", 1) for line in out.splitlines() if line.strip()]  # NAME SIZE, in order
+        assert len(lines) == len(todo), out
+        _built_images.update({t: (name, size) for t, (name, size) in zip(todo, lines, strict=True)})
+    return {t: _built_images[t] for t in targets}
+
+
 def helm(*args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     return run([need("helm"), *args], check=check, timeout=timeout)
 
