@@ -17,6 +17,7 @@ import os
 import shutil
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -89,18 +90,16 @@ def build_images() -> Images:
     return Images(version, operator, worker, e2e, took)
 
 
-def load_images(node: RealNode, images: Images, workdir: Path) -> float:
-    """``buildah push`` of every image into one OCI layout (shared layers written once), then one
-    ``ctr images import`` of it on the node; returns the seconds taken."""
-    start = time.monotonic()
+def push_images(images: Images, workdir: Path) -> Path:
+    """``buildah push`` of every image into one OCI layout (shared layers written once), as a tar."""
     layout = workdir / "layout"
+    workdir.mkdir(parents=True)
     for name in images.all():
         buildah("push", "--quiet", name, f"oci:{layout}:{name}")
     archive = workdir / "images.tar"
     run(["tar", "-C", str(layout), "-cf", str(archive), "."])
-    node.import_archive(archive)
-    shutil.rmtree(workdir)
-    return time.monotonic() - start
+    shutil.rmtree(layout)
+    return archive
 
 
 @dataclass
@@ -130,8 +129,9 @@ def postgres_on_bridge(network: PodNetwork) -> LocalPostgres:
 def start_stack(workdir: Path, images: Images) -> Iterator[Stack]:
     """Everything up, yielded once; everything down afterwards, in reverse order, whatever failed."""
     timings: dict[str, float] = {}
-    with ExitStack() as down:
+    with ExitStack() as down, ThreadPoolExecutor(1) as pool:
         start = time.monotonic()
+        pushed = pool.submit(push_images, images, workdir / "images")  # meanwhile, the cluster starts
         network = PodNetwork.create(workdir / "net")
         down.callback(network.delete)
         cluster = Cluster.start(workdir / "cluster", address=network.gateway)
@@ -143,7 +143,8 @@ def start_stack(workdir: Path, images: Images) -> Iterator[Stack]:
         down.callback(node.stop)
         cluster.wait_nodes_ready()
         timings["cluster and node up"] = time.monotonic() - start
-        timings["images loaded"] = load_images(node, images, workdir / "archives")
+        node.import_archive(pushed.result())
+        timings["images pushed (meanwhile) and imported"] = time.monotonic() - start
         postgres = postgres_on_bridge(network)
         down.callback(postgres.stop)
         dsn = postgres.uri.replace("127.0.0.1", network.gateway)
