@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Every check and test tier, on a fresh machine too: installs what it needs, then lint, types,
-# and pytest (unit, integration, acceptance, operator, packaging, Kubernetes, chaos, browser).
+# and pytest (unit, integration, acceptance, operator, packaging, Kubernetes, end-to-end on a real node,
+# chaos, browser).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "${SKIPLOCK_SKIP_SETUP:-}" = 1 ] || bash tools/setup.sh --test

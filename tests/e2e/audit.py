@@ -83,6 +83,12 @@ def unfinished(dsn: str, ids: Sequence[int]) -> list[Run]:
     return [r for r in runs(dsn, ids) if r.ended_at is None]
 
 
+def in_flight(dsn: str, ids: Sequence[int], pod: str, at: datetime) -> list[Run]:
+    """The runs ``pod`` had going at ``at``: started before, not ended before."""
+    return [r for r in runs(dsn, ids)
+            if r.pod == pod and r.started_at <= at and (r.ended_at is None or r.ended_at > at)]
+
+
 def audit(dsn: str, ids: Sequence[int], excused: Callable[[Run], bool] = lambda _: False) -> Audit:
     """The jobs' outcome; an earlier run of a job that ran again must be ``excused``."""
     found = states(dsn, ids)

@@ -48,6 +48,8 @@ KUBERNETES_SERVICE_IP = "10.96.0.1"  # first address of the cluster's --service-
 SUBNET_POOL = ipaddress.ip_network("10.160.0.0/12")
 REAL_NODE_LABEL = "skiplock.dev/real-node"
 CNI_CACHE = Path("/var/lib/cni/results")
+CONTAINER_LOG_LINKS = Path("/var/log/containers")
+DEVICE_PLUGINS = Path("/var/lib/kubelet/device-plugins")
 SHIM_SOCKETS = Path("/run/containerd/s")  # containerd's DefaultStateDir/s: host-wide, whatever --state says
 
 
@@ -295,6 +297,7 @@ state = '{d / "containerd" / "state"}'
         path.write_text(json.dumps(config, indent=2) + "\n")  # JSON is YAML
         labels = ",".join(f"{k}={v}" for k, v in sorted(self.labels.items()))
         return [f"--config={path}", f"--kubeconfig={self.cluster.kubeconfig}", f"--root-dir={root}",
+                f"--cert-dir={root / 'pki'}",
                 f"--hostname-override={self.name}", f"--node-ip={self.network.gateway}",
                 *([f"--node-labels={labels}"] if labels else []), "--v=1"]
 
@@ -360,6 +363,12 @@ state = '{d / "containerd" / "state"}'
             with contextlib.suppress(Exception):  # the API server may be gone already: the hard way below
                 self.drain()
         self.kubelet.stop()
+        if not any(Path(argv[0]).name == "kubelet" for _, argv in _processes()):
+            # Its device-plugin socket has a fixed path, whatever --root-dir says: gone with the last kubelet.
+            (DEVICE_PLUGINS / "kubelet.sock").unlink(missing_ok=True)
+            for empty in (DEVICE_PLUGINS, DEVICE_PLUGINS.parent):
+                with contextlib.suppress(OSError):
+                    empty.rmdir()
         runc = [str(self.bin_dir / "runc"), "--root", str(self.runc_root / NAMESPACE)]  # the shim adds the namespace
         if (self.runc_root / NAMESPACE).exists():
             for cid in sh(*runc, "list", "--quiet", check=False).stdout.split():
@@ -370,6 +379,10 @@ state = '{d / "containerd" / "state"}'
         for sandbox in (self.workdir / "containerd" / "root" / "io.containerd.grpc.v1.cri" / "sandboxes").glob("*"):
             (CNI_CACHE / f"cni-loopback-{sandbox.name}-lo").unlink(missing_ok=True)
             (CNI_CACHE / f"{self.network.name}-{sandbox.name}-eth0").unlink(missing_ok=True)
+        for link in CONTAINER_LOG_LINKS.glob("*.log"):  # the kubelet's links to its logs: host-wide too
+            with contextlib.suppress(OSError):
+                if str(link.readlink()).startswith(f"{self.workdir}/"):
+                    link.unlink()
         _unmount_under(self.workdir)
         shutil.rmtree(self.workdir, ignore_errors=True)
 
@@ -380,20 +393,22 @@ state = '{d / "containerd" / "state"}'
         self.stop()
 
 
+def _processes() -> Iterator[tuple[int, list[str]]]:
+    """(pid, argv) of every process."""
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            with contextlib.suppress(OSError):
+                yield int(proc.name), (proc / "cmdline").read_bytes().decode(errors="replace").split("\0")
+
+
 def _kill_shims(address: str) -> None:
     """SIGKILL the shims of the containerd at ``address`` (their argv names it; they run in process
     groups of their own) and remove their sockets, which live in a host-wide directory."""
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            argv = (proc / "cmdline").read_bytes().decode(errors="replace").split("\0")
-        except OSError:
-            continue
+    for pid, argv in _processes():
         if not argv[0].endswith("containerd-shim-runc-v2") or address not in argv:
             continue
         with contextlib.suppress(ProcessLookupError):
-            os.kill(int(proc.name), signal.SIGKILL)
+            os.kill(pid, signal.SIGKILL)
         opts = dict(zip(argv[1::2], argv[2::2], strict=False))
         if "-id" in opts:  # containerd's shim.SocketAddress: sha256 of "<address>/<namespace>/<id>"
             path = f"{address}/{opts.get('-namespace', NAMESPACE)}/{opts['-id']}"
