@@ -49,10 +49,12 @@ def test_the_cli_and_the_ui_offer_what_the_table_allows() -> None:
 def test_the_sets_follow_from_the_transitions() -> None:
     assert {State.COMPLETED, State.DEAD, State.CANCELLED} == states.FINISHED
     assert {State.SCHEDULED, State.PENDING, State.RETRY} == states.RUNNABLE
-    # A finished job moves on only by a person's retry or by retention; nothing runs it.
+    # A finished job moves on only by a person's retry or by retention and lifetimes; nothing runs it.
     for t in states.TRANSITIONS:
         if t.source in states.FINISHED:
-            assert t.action in (Action.RETRY, Action.ARCHIVE, Action.PURGE), t
+            assert t.action in (Action.RETRY, Action.ARCHIVE, Action.PURGE, Action.EXPIRE), t
+            assert t.action == Action.RETRY or t.target is None, t
+    assert {State.SCHEDULED, State.BLOCKED, State.PENDING, State.RETRY} == states.EXPIRABLE
     # Only the lease holder and maintenance move a running job to another state.
     for t in states.TRANSITIONS:
         if t.source == State.RUNNING and t.target != State.RUNNING:
