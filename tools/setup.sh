@@ -24,6 +24,7 @@ extras=embedded
 [ "${1:-}" = "--test" ] || { step "done: run .venv/bin/skiplock demo"; exit 0; }
 
 APT_PACKAGES=(prometheus chromium buildah debootstrap unzip)
+command -v npm >/dev/null || APT_PACKAGES+=(nodejs npm)  # the TypeScript client's tests (clients/typescript)
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   missing=()
   for p in "${APT_PACKAGES[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
@@ -32,6 +33,10 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   fi
+fi
+if command -v npm >/dev/null; then
+  step "TypeScript client: npm ci (clients/typescript)"
+  (cd clients/typescript && npm ci --no-audit --no-fund --loglevel=error)
 fi
 for script in tools/install-helm.sh tools/k8s/build.sh; do
   if [ -f "$script" ]; then step "$script"; bash "$script"; fi

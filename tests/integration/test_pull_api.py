@@ -59,9 +59,9 @@ class SqlRunner:
                     cur = await conn.execute("SELECT skiplock.complete(%s, 'sql-worker', %s::jsonb) AS ok",
                                              (row["id"], json.dumps(act.result)))
                     assert (await cur.fetchone() or {})["ok"] is True
-                else:  # the SQL API has no permanent failure: dead is a failure with no attempts left
-                    cur = await conn.execute("SELECT skiplock.fail(%s, 'sql-worker', %s, %s) AS state",
-                                             (row["id"], act.error, act.retry_in))
+                else:
+                    cur = await conn.execute("SELECT skiplock.fail(%s, 'sql-worker', %s, %s, %s) AS state",
+                                             (row["id"], act.error, act.retry_in, act.do == "dead"))
                     assert (await cur.fetchone() or {})["state"] in ("retry", "dead")
 
 
@@ -81,6 +81,8 @@ class PullRunner:
                 act = acts[job.id]
                 if act.do == "complete":
                     assert await q.complete(job, act.result)
+                elif act.do == "dead":
+                    assert await q.fail(job, act.error, permanent=True) == "dead"
                 else:
                     assert await q.fail(job, act.error, retry_in=act.retry_in) in ("retry", "dead")
 
@@ -170,7 +172,7 @@ async def test_a_per_failure_delay_wins_over_the_schedule(queue: Queue, dsn: str
 
 
 async def test_dependents_follow_the_parent(runner: Runner, queue: Queue, dsn: str) -> None:
-    good, bad = await queue.enqueue("t"), await queue.enqueue("t", max_attempts=1)
+    good, bad = await queue.enqueue("t"), await queue.enqueue("t")  # bad: a permanent failure
     child_of_good = await queue.enqueue("t", queue="later", depends_on=[good])
     child_of_bad = await queue.enqueue("t", queue="later", depends_on=[bad])
     grandchild = await queue.enqueue("t", queue="later", depends_on=[child_of_bad])

@@ -167,7 +167,7 @@ def purge_matching(where: JobFilter) -> Plan:
     if waiting.states:
         cancelled = yield from cancel_matching(waiting, "purged")
     finished = where.narrowed(ordered(FINISHED))
-    steps = [("purge", {"ids": [r["id"] for r in cancelled], "filter": "{}"})] if cancelled else []
+    steps: Step = [("purge", {"ids": [r["id"] for r in cancelled], "filter": "{}"})] if cancelled else []
     if finished.states:
         steps.append(("purge", {"ids": None, "filter": finished.as_json()}))
     if not steps:

@@ -199,11 +199,14 @@ class Queue:
         """Record success (and ``result``); False if the lease was lost meanwhile (nothing changed)."""
         return await self._run(pull.finish(job, "completed", result)) is not None
 
-    async def fail(self, job: PulledJob, error: str, retry_in: float | None = None) -> str | None:
+    async def fail(self, job: PulledJob, error: str, retry_in: float | None = None,
+                   permanent: bool = False) -> str | None:
         """Record a failed attempt; returns the job's new state (``retry``, or ``dead`` with its
         attempts spent, ``cancelled`` after a cancel request), None if the lease was lost.
-        ``retry_in`` (seconds) overrides the retry policy's delay for this failure."""
-        state: str | None = await self._run(pull.finish(job, "failed", error=error, retry_in=retry_in))
+        ``retry_in`` (seconds) overrides the retry policy's delay for this failure; ``permanent``
+        dead-letters the job at once."""
+        outcome = "dead" if permanent else "failed"
+        state: str | None = await self._run(pull.finish(job, outcome, error=error, retry_in=retry_in))
         return state
 
     async def release(self, job: PulledJob) -> bool:

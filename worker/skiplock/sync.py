@@ -45,9 +45,11 @@ def complete(conn: psycopg.Connection[Any], job: PulledJob, result: Any = None) 
     return run_sync(conn, pull.finish(job, "completed", result)) is not None
 
 
-def fail(conn: psycopg.Connection[Any], job: PulledJob, error: str, retry_in: float | None = None) -> str | None:
+def fail(conn: psycopg.Connection[Any], job: PulledJob, error: str, retry_in: float | None = None,
+         permanent: bool = False) -> str | None:
     """Record a failed attempt; the job's new state, None if the lease was lost (see ``Queue.fail``)."""
-    state: str | None = run_sync(conn, pull.finish(job, "failed", error=error, retry_in=retry_in))
+    outcome = "dead" if permanent else "failed"
+    state: str | None = run_sync(conn, pull.finish(job, outcome, error=error, retry_in=retry_in))
     return state
 
 

@@ -86,7 +86,8 @@ async def jobs(request: Request) -> Response:
     page = int_param(request, "page", 1, 1, 1_000_000)
     q = queue_of(request)
     found, stats = await asyncio.gather(
-        q.list_jobs(**filters, limit=size + 1, offset=(page - 1) * size, brief=True), q.stats())
+        q.list_jobs(state=filters["state"], queue=filters["queue"], type=filters["type"], tenant=filters["tenant"],
+                    limit=size + 1, offset=(page - 1) * size, brief=True), q.stats())
     active = {k: v for k, v in filters.items() if v is not None}
     if size != 50:
         active["size"] = str(size)

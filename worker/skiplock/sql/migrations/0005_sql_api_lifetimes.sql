@@ -335,8 +335,9 @@ BEGIN
     RETURN skiplock.finish_one(job_id, worker_id, 'completed', result, NULL, NULL) IS NOT NULL;
 END $$;
 
+-- permanent: dead at once, no further attempts (the worker's PermanentFailure).
 CREATE FUNCTION skiplock.fail(job_id bigint, worker_id text, error text,
-                              retry_in_seconds double precision DEFAULT NULL)
+                              retry_in_seconds double precision DEFAULT NULL, permanent boolean DEFAULT false)
 RETURNS text LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
     problem text := skiplock.seconds_problem(retry_in_seconds, 'retry_in_seconds', false);
@@ -344,7 +345,8 @@ BEGIN
     IF problem IS NOT NULL THEN
         PERFORM skiplock.refuse('fail', problem);
     END IF;
-    RETURN skiplock.finish_one(job_id, worker_id, 'failed', NULL, coalesce(error, 'failed'), retry_in_seconds);
+    RETURN skiplock.finish_one(job_id, worker_id, CASE WHEN permanent THEN 'dead' ELSE 'failed' END, NULL,
+                               coalesce(error, 'failed'), retry_in_seconds);
 END $$;
 
 CREATE FUNCTION skiplock.release(job_id bigint, worker_id text) RETURNS boolean
