@@ -34,14 +34,16 @@ def _choices(*path: str, dest: str) -> list[str]:
         sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
         parser = sub.choices[name]
     action = next(a for a in parser._actions if a.dest == dest)
-    return list(action.choices or [])
+    return list(action.choices or getattr(action.type, "choices", None) or [])  # list options check in their type
 
 
 def test_the_cli_and_the_ui_offer_what_the_table_allows() -> None:
     from skiplock.ui import views
 
     assert _choices("jobs", "list", dest="state") == [s.value for s in State]
-    assert set(_choices("jobs", "purge", dest="states")) == {s.value for s in states.FINISHED}
+    assert set(_choices("jobs", "purge", dest="states")) == {s.value for s in states.FINISHED | states.EXPIRABLE}
+    assert set(_choices("jobs", "cancel", dest="states")) == {s.value for s in states.CANCELLABLE}
+    assert set(_choices("jobs", "retry", dest="states")) == {s.value for s in states.RETRYABLE}
     assert {s.value for s in states.sources(Action.RETRY, "retry")} == views.RETRYABLE
     assert {s.value for s in states.sources(Action.CANCEL)} == views.CANCELLABLE
 
