@@ -216,7 +216,7 @@ def test_variables_set_options_and_flags_win(dsn: str) -> None:
                                   env={"SKIPLOCK_LIMITS_SET_CONCURRENCY": "3"})
     # Required options can come from variables too.
     assert _ok("jobs", "purge", dsn=dsn, env={"SKIPLOCK_JOBS_PURGE_STATES": "completed,dead",
-                                              "SKIPLOCK_JOBS_PURGE_OLDER_THAN": "7d"}).strip() == "0"  # none: no question
+                                              "SKIPLOCK_JOBS_PURGE_OLDER_THAN": "7d"}).strip() == "0"  # none match
 
 
 def _run_worker(dsn: str, *args: str, env: dict[str, str]) -> None:
