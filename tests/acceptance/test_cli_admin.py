@@ -31,7 +31,8 @@ def test_queue_settings_become_the_defaults_of_its_jobs(dsn: str) -> None:
     assert (job["max_attempts"], job["result_ttl_seconds"], job["failure_ttl_seconds"]) == (3, 86400, 604800)
     assert job["retry_policy"] is None  # the queue's policy is read at each failure
     own = _job(dsn, _ok("enqueue", "send", "--queue", "mail", "--max-attempts", "9", "--ttl", "5m",
-                        "--backoff-base", "2s", "--backoff-max", "1m", "--label", "env=prod", "team=a", dsn=dsn).strip())
+                        "--backoff-base", "2s", "--backoff-max", "1m", "--label", "env=prod", "team=a",
+                        dsn=dsn).strip())
     assert own["max_attempts"] == 9 and own["labels"] == {"env": "prod", "team": "a"}
     assert own["retry_policy"] == {"kind": "exponential", "base": 2, "max": 60, "jitter": 0.5}
     assert own["expires_at"] is not None
