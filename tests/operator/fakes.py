@@ -31,6 +31,8 @@ class FakeKube:
         self.pods: dict[tuple[str, str], dict[str, Any]] = {}
         self.statuses: dict[tuple[str, str], dict[str, Any]] = {}
         self.leases: dict[tuple[str, str], dict[str, Any]] = {}
+        self.namespaces: dict[str, dict[str, str]] = {}  # name: labels
+        self.forbidden: set[str] = set()  # calls answered 403 (e.g. "namespace")
         self.calls: list[tuple[str, str]] = []
         self.down = False  # every call fails as if the API server were unreachable
         self._versions = itertools.count(1)
@@ -39,6 +41,8 @@ class FakeKube:
         self.calls.append((call, name))
         if self.down:
             raise KubeError(0, "ConnectionRefusedError: the API server is down")
+        if call in self.forbidden:
+            raise KubeError(403, f'{call} "{name}" is forbidden')
 
     def add_secret(self, namespace: str, name: str, key: str, value: str) -> None:
         self.secrets[(namespace, name)] = {key: base64.b64encode(value.encode()).decode()}
@@ -51,6 +55,12 @@ class FakeKube:
         if key not in data:
             raise KubeError(404, f'Secret "{name}" has no key "{key}"')
         return base64.b64decode(data[key]).decode()
+
+    async def namespace_labels(self, name: str) -> dict[str, str]:
+        self._check("namespace", name)
+        if name not in self.namespaces:
+            raise KubeError(404, f'namespaces "{name}" not found')
+        return dict(self.namespaces[name])
 
     async def deployments(self, namespace: str, label_selector: str) -> list[dict[str, Any]]:
         self._check("list-deployments", label_selector)

@@ -262,6 +262,10 @@ def build_parser() -> EnvParser:
     p.add_argument("--query-timeout", type=_duration_arg, default=5.0,
                    help="seconds a database query may take (default 5)")
     p.add_argument("--standalone", action="store_true", help="no leader election (a single operator)")
+    p.add_argument("--pod-policy", choices=["enforce", "off"], default="enforce",
+                   help="enforce (default): refuse pools whose pods break the restricted Pod Security Standard "
+                        "or the tenancy rules, unless their namespace is labelled "
+                        "skiplock.dev/unrestricted-pools=true; off: check nothing")
     configure_env(parser)
     return parser
 

@@ -83,6 +83,13 @@ class Kube:
             raise KubeError(404, f'Secret "{name}" has no key "{key}"')
         return base64.b64decode(data[key]).decode().strip()
 
+    # -- namespaces -------------------------------------------------------------------------------
+
+    async def namespace_labels(self, name: str) -> dict[str, str]:
+        """The labels of namespace ``name`` (``get`` of that one namespace)."""
+        found = await self._call(self.core.read_namespace, name)
+        return dict((found.get("metadata") or {}).get("labels") or {})
+
     # -- deployments ------------------------------------------------------------------------------
 
     async def deployments(self, namespace: str, label_selector: str) -> list[dict[str, Any]]:
