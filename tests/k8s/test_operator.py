@@ -44,8 +44,7 @@ FAST = {"pollIntervalSeconds": 1, "scaleDownStabilizationSeconds": 2, "scaleToZe
 def cluster(k8s_cluster: Cluster) -> Cluster:
     """The shared control plane with the JobQueue CRD installed."""
     k8s_cluster.kubectl("apply", "-f", str(CRD))
-    k8s_cluster.kubectl("wait", "--for", "condition=established", "--timeout=30s",
-                        "crd/jobqueues.skiplock.dev")
+    k8s_cluster.wait_established("jobqueues.skiplock.dev")
     return k8s_cluster
 
 

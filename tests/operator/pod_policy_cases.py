@@ -87,7 +87,7 @@ REFUSED: dict[str, tuple[list[dict[str, Any]], list[str]]] = {
         f"{T}.containers[side].startupProbe.httpGet.host: must not be set",
         f"{T}.containers[side].lifecycle.preStop.tcpSocket.host: must not be set",
     ]),
-    "template-tenancy": ([{"name": "fine", "image": IMAGE}, evil(
+    "template-tenancy": ([{"name": "fine", "image": IMAGE, "jobTypes": ["x"]}, evil(
         priorityClassName="system-cluster-critical", nodeName="control-plane-1",
         tolerations=[{"key": "node-role.kubernetes.io/master", "operator": "Exists"}, {"operator": "Exists"},
                      {"key": "dedicated", "operator": "Equal", "value": "batch"}],

@@ -51,7 +51,8 @@ async def test_a_labelled_namespace_allows_it_and_the_label_is_read_only_when_ne
     status = await poll(rt, kube, jobqueue(spec(dict(HOSTILE))))
     assert (NS, "jq-evil") in kube.deploys and condition(status, "Ready")["reason"] != "PoolRefused"
     pod = kube.deploys[(NS, "jq-evil")]["spec"]["template"]["spec"]
-    assert pod["containers"][0]["securityContext"]["privileged"] is True  # what the namespace allowed
+    # What the namespace allowed, and no allowPrivilegeEscalation: false the API server would refuse beside it.
+    assert pod["containers"][0]["securityContext"] == HOSTILE["securityContext"]
 
 
 async def test_an_unreadable_namespace_refuses_and_says_why(rt: Runtime, kube: FakeKube) -> None:

@@ -126,15 +126,26 @@ def _snake(name: str) -> str:
 
 def _secured(given: Mapping[str, Any] | None, default: Mapping[str, Any], required: Mapping[str, Any]
              ) -> dict[str, Any]:
+    """``default`` when nothing is given, else ``given`` with the ``required`` fields it leaves unset."""
     if given is None:
         return copy.deepcopy(dict(default))
     return {**copy.deepcopy(dict(required)), **copy.deepcopy(dict(given))}
 
 
+def _container_secured(given: Mapping[str, Any] | None, default: Mapping[str, Any]) -> dict[str, Any]:
+    """A container's securityContext: as ``_secured``, but no ``allowPrivilegeEscalation: false``
+    beside what the API server refuses it with (privileged, CAP_SYS_ADMIN: only a namespace that
+    allows unrestricted pools gets this far with them)."""
+    required = dict(CONTAINER_REQUIRED)
+    added = {str(c).upper().removeprefix("CAP_") for c in ((given or {}).get("capabilities") or {}).get("add") or []}
+    if (given or {}).get("privileged") is True or "SYS_ADMIN" in added:
+        del required["allowPrivilegeEscalation"]
+    return _secured(given, default, required)
+
+
 def _restricted(containers: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The template's own containers, each with the standard's required securityContext fields."""
-    return [{**c, "securityContext": _secured(c.get("securityContext") or {}, {}, CONTAINER_REQUIRED)}
-            for c in containers]
+    return [{**c, "securityContext": _container_secured(c.get("securityContext") or {}, {})} for c in containers]
 
 
 def _probe(given: Mapping[str, Any] | None, path: str, defaults: Mapping[str, Any]) -> dict[str, Any]:
@@ -161,7 +172,7 @@ def worker_container(pool: Pool, env: list[dict[str, Any]], user: Mapping[str, A
         "livenessProbe": _probe(user.get("livenessProbe"), PROBE_PATHS["livenessProbe"],
                                 {**probe, "initialDelaySeconds": 10}),
         "resources": resources,
-        "securityContext": _secured(pool.security_context, CONTAINER_SECURITY, CONTAINER_REQUIRED),
+        "securityContext": _container_secured(pool.security_context, CONTAINER_SECURITY),
         "volumeMounts": [dict(SCRATCH), *user.get("volumeMounts", [])],
     }
     if "startupProbe" in user:
