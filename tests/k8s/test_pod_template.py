@@ -225,3 +225,30 @@ def test_a_deployment_of_the_previous_operator_rolls_once_to_the_new_template(
     with pytest.raises(TimeoutError):  # once: nothing more to roll
         wait_for(lambda: api.deployments()["legacy-all"]["metadata"]["generation"] != generation, 5, "no change")
 
+
+
+def documented_roles() -> list[dict[str, Any]]:
+    """The ClusterRoles of docs/operator.md's security model."""
+    text = (REPO / "docs" / "operator.md").read_text().split("## Security model", 1)[1]
+    block = next(b.split("```", 1)[0] for b in text.split("```yaml")[1:] if "aggregate-to-edit" in b)
+    return [d for d in yaml.safe_load_all(block) if d]
+
+
+def test_the_documented_roles_give_jobqueues_to_edit_and_read_access_to_view(api: Api) -> None:
+    k8s, roles = api.cluster, documented_roles()
+    k8s.kubectl("apply", "-f", "-", input="\n---\n".join(json.dumps(r) for r in roles))
+    try:
+        k8s.kubectl("create", "rolebinding", "dev", "--clusterrole=edit", "--user=dev", "-n", api.ns)
+        k8s.kubectl("create", "rolebinding", "auditor", "--clusterrole=view", "--user=auditor", "-n", api.ns)
+
+        def can(who: str, verb: str, ns: str = api.ns) -> bool:
+            res = k8s.kubectl("auth", "can-i", verb, "jobqueues.skiplock.dev", "-n", ns, f"--as={who}", check=False)
+            return res.stdout.strip() == "yes"
+
+        wait_for(lambda: can("dev", "create") and can("auditor", "list"), 30, "the roles aggregated")
+        assert can("dev", "delete") and not can("auditor", "create") and not can("dev", "create", "default")
+        status = k8s.kubectl("auth", "can-i", "patch", "jobqueues.skiplock.dev", "--subresource=status", "-n", api.ns,
+                             "--as=dev", check=False)
+        assert status.stdout.strip() == "no", "the status is the operator's"
+    finally:
+        k8s.kubectl("delete", "-f", "-", "--ignore-not-found", input="\n---\n".join(json.dumps(r) for r in roles))
