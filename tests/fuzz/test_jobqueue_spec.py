@@ -90,6 +90,8 @@ def from_schema(schema: dict[str, Any]) -> SearchStrategy[Any]:
     raise AssertionError(f"schema construct not handled: {schema}")
 
 
+# A generated pod template makes a long example; hypothesis says so on every large repr.
+pytestmark = pytest.mark.filterwarnings("ignore:Generating overly large repr")
 SCHEMA = crd_spec_schema()
 specs = from_schema(SCHEMA)
 

@@ -149,6 +149,17 @@ def test_the_operator_refuses_a_hostile_pool_the_policy_did_not_see(
     assert "Forbidden" not in op.log.read_text() and "403" not in op.log.read_text(), op.tail()
 
 
+def test_a_template_the_deployment_api_refuses_refuses_that_pool_only(
+        api: Api, start_operator: Callable[..., Operator]) -> None:
+    start_operator("--standalone")
+    bad = {"name": "bad", "image": "w:1", "jobTypes": ["x"], "template": {"spec": {"restartPolicy": "Never"}}}
+    api.apply(jobqueue("odd", {"name": "cpu", "image": "w:1"}, bad))
+    ready = wait_for(lambda: (c := api.condition("odd", "Ready")).get("reason") == "PoolRefused" and c, 60,
+                     "the pool refused")
+    assert "pool bad not deployed: the API server refused its Deployment" in ready["message"], ready
+    assert "restartPolicy" in ready["message"] and set(api.deployments()) == {"odd-cpu"}
+
+
 def dry_run(k8s: Cluster, manifest: dict[str, Any]) -> dict[str, Any]:
     """``manifest`` as the API server would store it (defaults and all), created with a dry run."""
     out = k8s.kubectl("create", "--dry-run=server", "-o", "json", "-f", "-", input=json.dumps(manifest)).stdout

@@ -33,6 +33,7 @@ class FakeKube:
         self.leases: dict[tuple[str, str], dict[str, Any]] = {}
         self.namespaces: dict[str, dict[str, str]] = {}  # name: labels
         self.forbidden: set[str] = set()  # calls answered 403 (e.g. "namespace")
+        self.invalid: dict[str, str] = {}  # Deployment name: why a create or patch of it is answered 422
         self.calls: list[tuple[str, str]] = []
         self.down = False  # every call fails as if the API server were unreachable
         self._versions = itertools.count(1)
@@ -71,6 +72,8 @@ class FakeKube:
     async def create_deployment(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
         name = body["metadata"]["name"]
         self._check("create-deployment", name)
+        if name in self.invalid:
+            raise KubeError(422, f'Deployment.apps "{name}" is invalid: {self.invalid[name]}')
         if (namespace, name) in self.deploys:
             raise KubeError(409, f'deployments.apps "{name}" already exists')
         self.deploys[(namespace, name)] = copy.deepcopy(body)

@@ -83,3 +83,13 @@ async def test_a_pool_refused_later_keeps_its_deployment_as_it_was(rt: Runtime, 
     assert condition(status, "Ready")["reason"] == "PoolRefused"
     status = await poll(rt, kube, jobqueue(spec(dict(RESTRICTED)), generation=3))
     assert condition(status, "Ready")["status"] == "True"
+
+
+async def test_a_deployment_the_api_server_refuses_refuses_that_pool_only(rt: Runtime, kube: FakeKube) -> None:
+    kube.invalid["jq-bad"] = "spec.template.spec.restartPolicy: Unsupported value: \"Never\""
+    bad = {"name": "bad", "image": "w", "jobTypes": ["x"], "template": {"spec": {"restartPolicy": "Never"}}}
+    status = await poll(rt, kube, jobqueue(spec({"name": "cpu", "image": "w:1"}, bad)))
+    assert (NS, "jq-cpu") in kube.deploys and (NS, "jq-bad") not in kube.deploys
+    ready = condition(status, "Ready")
+    assert ready["reason"] == "PoolRefused" and "restartPolicy: Unsupported value" in ready["message"]
+    assert [p["name"] for p in status["pools"]] == ["cpu", "bad"]

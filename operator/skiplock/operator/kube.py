@@ -37,6 +37,11 @@ class KubeError(Exception):
     def conflict(self) -> bool:
         return self.status == 409
 
+    @property
+    def invalid(self) -> bool:
+        """The server refused the object itself (422: a field the API validation does not allow)."""
+        return self.status == 422
+
 
 def load_api_client() -> client.ApiClient:
     """In-cluster credentials when running in a pod, else the kubeconfig ($KUBECONFIG). No retries

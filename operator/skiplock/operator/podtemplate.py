@@ -81,9 +81,10 @@ def conflicts(pool: Pool, operator_labels: Mapping[str, str]) -> list[str]:
     if "terminationGracePeriodSeconds" in spec:
         found.append(f"{pod}.terminationGracePeriodSeconds: set {here}.terminationGracePeriodSeconds "
                      "(the workers' drain time follows it)")
-    for mine, theirs in (("priorityClassName", "priorityClassName"), ("podSecurityContext", "securityContext")):
-        if getattr(pool, _snake(mine)) is not None and theirs in spec:
-            found.append(f"{pod}.{theirs}: {here}.{mine} sets it too: give one of them")
+    both = (("priorityClassName", pool.priority_class_name, "priorityClassName"),
+            ("podSecurityContext", pool.pod_security_context, "securityContext"))
+    found += [f"{pod}.{theirs}: {here}.{mine} sets it too: give one of them"
+              for mine, value, theirs in both if value is not None and theirs in spec]
     found += [f"{pod}.volumes[{v.get('name')}]: the operator's scratch volume for /tmp"
               for v in spec.get("volumes") or [] if v.get("name") == SCRATCH["name"]]
     if pool.gpu is not None:
@@ -118,10 +119,6 @@ def _worker_conflicts(pool: Pool, worker: Mapping[str, Any], path: str, here: st
         found += [f"{path}.{probe}.{h}: the operator sets the probe's endpoint; give only its timing"
                   for h in handlers]
     return found
-
-
-def _snake(name: str) -> str:
-    return "".join("_" + ch.lower() if ch.isupper() else ch for ch in name)
 
 
 def _secured(given: Mapping[str, Any] | None, default: Mapping[str, Any], required: Mapping[str, Any]

@@ -151,7 +151,14 @@ async def _pool(rt: Runtime, jq: JobQueueState, body: Mapping[str, Any], spec: J
     decision = _decide(jq, spec, pool, observed, current, counts, before, now, entry) if observed else None
     wanted = decision.replicas if decision else (current if existing is not None else pool.min_replicas)
 
-    replicas = await _apply(rt, jq, body, spec, pool, existing, wanted, pods)
+    try:
+        replicas = await _apply(rt, jq, body, spec, pool, existing, wanted, pods)
+    except KubeError as exc:
+        if not exc.invalid:
+            raise
+        problems.append(Problem("PoolRefused", f"pool {pool.name} not deployed: the API server refused its "
+                                               f"Deployment: {exc}", key=pool.name))
+        return entry
     if replicas is None:
         problems.append(_conflict(name, pool))
         return entry
