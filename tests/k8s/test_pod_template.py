@@ -118,6 +118,21 @@ def test_the_hostile_spec_is_refused_naming_the_fields_unless_the_namespace_allo
     api.cluster.kubectl("label", "namespace", api.ns, EXEMPT)
     wait_for(lambda: refusal(api.cluster, api.ns, HOSTILE) is None, 30, "the labelled namespace exempt")
     api.apply(jobqueue("evil", HOSTILE))
+    # Admitted while exempt: once the label goes, a new spec is judged again, but its metadata may
+    # still change (kopf's finalizer, labels) and it can be deleted.
+    api.cluster.kubectl("label", "namespace", api.ns, "skiplock.dev/unrestricted-pools-")
+    wait_for(lambda: refusal(api.cluster, api.ns, HOSTILE), 30, "the namespace no longer exempt")
+    api.cluster.kubectl("label", "jobqueue", "evil", "-n", api.ns, "team=red")
+    api.cluster.kubectl("patch", "jobqueue", "evil", "-n", api.ns, "--type=merge",
+                        "-p", '{"metadata": {"finalizers": ["skiplock.dev/operator"]}}')
+    res = api.cluster.kubectl("patch", "jobqueue", "evil", "-n", api.ns, "--type=json", "-p",
+                              '[{"op": "replace", "path": "/spec/pools/0/image", "value": "other:2"}]', check=False)
+    assert "spec.pools[evil].securityContext.privileged" in res.stderr, res.stderr
+    api.cluster.kubectl("delete", "jobqueue", "evil", "-n", api.ns, "--wait=false")
+    api.cluster.kubectl("patch", "jobqueue", "evil", "-n", api.ns, "--type=merge", "-p",
+                        '{"metadata": {"finalizers": null}}')
+    wait_for(lambda: api.cluster.kubectl("get", "jobqueue", "evil", "-n", api.ns, check=False).returncode != 0,
+             30, "the JobQueue deleted")
 
 
 # -- the operator --------------------------------------------------------------------------------------
