@@ -22,6 +22,7 @@ import psycopg
 
 from skiplock import plans
 from skiplock.models import make_spec
+from skiplock.retry import DEFAULT
 from skiplock.sql import QUERIES
 
 from .handler import JOB_TYPE
@@ -57,7 +58,7 @@ def cycle_script(replenish: bool = False) -> str:
 def defines(batch: int, replenish: bool = False) -> dict[str, str]:
     """Values of the script's variables, as the worker would pass them."""
     values = {"queue": "default", "types": "{" + JOB_TYPE + "}", "limit": str(batch), "worker_id": WORKER_ID,
-              "lease_seconds": "30", "backoff_base": "1", "backoff_max": "3600"}
+              "lease_seconds": "30", "retry_policy": DEFAULT.as_json()}
     if replenish:
         plan = plans.enqueue([make_spec(JOB_TYPE, payload={}) for _ in range(batch)])
         ((name, params),) = next(plan)

@@ -3,7 +3,8 @@
 # `helm template` and the chart's default values, one file per concern:
 #
 #   00-namespace.yaml   the skiplock-system namespace (Pod Security "restricted" enforced)
-#   01-crd.yaml         the JobQueue CRD, copied from charts/skiplock/crds/
+#   01-crd.yaml         the JobQueue CRD, a copy of charts/skiplock/files/crds/ (the plain file the
+#                       chart's templates/crds.yaml installs; no release labels, no keep policy)
 #   02-rbac.yaml        the operator's ServiceAccount, ClusterRole and ClusterRoleBinding
 #   03-operator.yaml    its ConfigMap, metrics Service and Deployment
 #   04-dashboards.yaml  the Grafana dashboard ConfigMaps
@@ -62,9 +63,9 @@ EOF
 } >"$OUT/00-namespace.yaml"
 
 {
-  header "the JobQueue CustomResourceDefinition (a copy of charts/skiplock/crds/jobqueues.skiplock.dev.yaml)"
+  header "the JobQueue CustomResourceDefinition (a copy of charts/skiplock/files/crds/jobqueues.skiplock.dev.yaml)"
   echo "---"
-  cat "$CHART/crds/jobqueues.skiplock.dev.yaml"
+  cat "$CHART/files/crds/jobqueues.skiplock.dev.yaml"
 } >"$OUT/01-crd.yaml"
 
 {

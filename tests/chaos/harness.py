@@ -32,8 +32,9 @@ from typing import Any
 
 import psycopg
 
-from skiplock import DatabaseUnavailable, Queue
+from skiplock import DatabaseUnavailable, Queue, states
 from skiplock import sync as skiplock_sync
+from skiplock.states import Action
 from tests.helpers import ROOT, sql
 
 HANDLERS = "tests.chaos.handlers:jobs"
@@ -66,13 +67,9 @@ CREATE TRIGGER chaos_audit AFTER INSERT OR UPDATE ON skiplock.jobs
     FOR EACH ROW EXECUTE FUNCTION chaos_audit();
 """
 
-# Transitions docs/state-machine.md allows (no producer-side cancel/retry in these scenarios).
-LEGAL = {
-    (None, "pending"), (None, "scheduled"),
-    ("pending", "running"), ("scheduled", "running"), ("retry", "running"),
-    ("running", "completed"), ("running", "retry"), ("running", "dead"), ("running", "cancelled"),
-    ("running", "pending"),  # rescue (attempts kept) or release (attempt refunded)
-}
+# Transitions the state machine (skiplock.states) allows without a person: no admin cancel or
+# retry happens in these scenarios.
+LEGAL = states.edges(Action.ENQUEUE, Action.CLAIM, Action.FINISH, Action.RELEASE, Action.RESCUE, Action.PROPAGATE)
 
 
 def child_pythonpath() -> str:
@@ -412,7 +409,8 @@ def check_history(dsn: str, report: Report, *, acked: list[int], keys: list[str]
     report.executions = sum(1 for rows in executions.values() for r in rows if r[2] == "start")
 
     transitions: dict[int, list[tuple[Any, ...]]] = defaultdict(list)
-    for row in sql(dsn, """SELECT job_id, old_state, new_state, old_attempts, new_attempts, old_worker, old_lease, at
+    for row in sql(dsn, """SELECT job_id, old_state, new_state, old_attempts, new_attempts, old_worker, new_worker,
+                                  old_lease, at
                            FROM chaos_transitions ORDER BY at, job_id"""):
         transitions[row[0]].append(row[1:])
 
@@ -429,7 +427,7 @@ def check_history(dsn: str, report: Report, *, acked: list[int], keys: list[str]
         completions = 0
         claims = 0
         releases = 0
-        for old, new, old_att, new_att, old_w, old_lease, at in rows:
+        for old, new, old_att, new_att, old_w, new_w, old_lease, at in rows:
             if (old, new) not in LEGAL:
                 report.illegal += 1
                 problems.append(f"job {job_id}: illegal transition {old} -> {new}")
@@ -437,7 +435,7 @@ def check_history(dsn: str, report: Report, *, acked: list[int], keys: list[str]
                 claims += 1
                 if new_att != (old_att or 0) + 1:
                     problems.append(f"job {job_id}: claim moved attempts {old_att} -> {new_att}")
-            if old == "running" and new == "pending":
+            if old == "running" and new != "running" and new_w is None:  # not a finish: it keeps the worker
                 if new_att == old_att - 1:
                     releases += 1
                 else:

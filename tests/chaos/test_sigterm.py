@@ -89,7 +89,8 @@ def test_sigterm_drains_then_releases_repeatedly(audited_dsn: str, logdir: Path)
     check_history(dsn, report, acked=acked, lease=LEASE, recovery=RECOVERY, slack=SLACK)
     assert max(exits) <= EXIT_BOUND, f"a worker took {max(exits):.1f}s to exit after SIGTERM (bound {EXIT_BOUND}s)"
     left_behind = sql(dsn, "SELECT job_id, old_worker, old_attempts, old_lease, at FROM chaos_transitions "
-                           "WHERE old_state = 'running' AND new_state = 'pending' AND new_attempts = old_attempts "
+                           "WHERE old_state = 'running' AND new_state <> 'running' AND new_worker IS NULL "
+                           "AND new_attempts = old_attempts "
                            "AND old_worker = ANY(%s)", (terminated,))
     report.faults["left-for-lease-expiry"] = len(left_behind)
     if left_behind:

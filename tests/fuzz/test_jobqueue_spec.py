@@ -19,7 +19,7 @@ from hypothesis.strategies import SearchStrategy
 from tests.ship.tools import missing
 
 ROOT = Path(__file__).resolve().parents[2]
-CRD = ROOT / "charts" / "skiplock" / "crds" / "jobqueues.skiplock.dev.yaml"
+CRD = ROOT / "charts" / "skiplock" / "files" / "crds" / "jobqueues.skiplock.dev.yaml"
 try:
     spec_module = importlib.import_module("skiplock.operator.spec")
     podpolicy = importlib.import_module("skiplock.operator.podpolicy")

@@ -184,7 +184,7 @@ async def test_stats_counts_effective_states(queue: Queue, dsn: str) -> None:
 
 
 async def test_one_maintenance_round_archives_more_than_a_batch(dsn: str) -> None:
-    from skiplock.worker import ARCHIVE_BATCH
+    from skiplock.maintenance import ARCHIVE_BATCH
 
     sql(dsn, "INSERT INTO skiplock.jobs (type, state, finished_at) SELECT 't', 'completed', "
              "now() - interval '2 hours' FROM generate_series(1, %s)", (2 * ARCHIVE_BATCH + 10,))

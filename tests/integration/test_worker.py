@@ -12,6 +12,7 @@ import psycopg
 
 from skiplock import Job, JobRegistry, PermanentFailure, Queue, State, Worker, WorkerConfig
 from skiplock.embedded import LocalPostgres
+from skiplock.retry import Exponential
 from skiplock.sql import QUERIES
 from tests.helpers import eventually, running_worker, sql
 
@@ -50,14 +51,14 @@ async def test_claim_batch_caps_each_claim_statement(queue: Queue, dsn: str) -> 
     jobs.register("t", lambda job: None)
     sizes: list[int] = []
     async with running_worker(jobs, dsn, concurrency=10, claim_batch=3) as worker:
-        real = worker._claim
+        real = worker.executor.claim
 
         async def claim(limit: int) -> list[dict[str, object]]:
             rows = await real(limit)
             sizes.append(len(rows))
             return rows
 
-        worker._claim = claim  # type: ignore[method-assign]
+        worker.executor.claim = claim  # type: ignore[method-assign]
         ids = await queue.enqueue_many([{"type": "t"} for _ in range(25)])
         await eventually(lambda: _all_in(queue, ids, State.COMPLETED), timeout=30)
     assert sizes and max(sizes) <= 3 and sum(sizes) == 25
@@ -152,13 +153,13 @@ async def test_a_late_finish_cannot_overwrite_a_rescued_and_reclaimed_job(queue:
         claim = {"queue": "default", "types": None, "limit": 1, "lease_seconds": 0.1}
         conn.execute(QUERIES["claim"], {**claim, "worker_id": "slow"})
         await asyncio.sleep(0.3)
-        rescued = await queue.rescue()
-        assert [r["id"] for r in rescued] == [job_id]
+        rescued = await queue.rescue(policy=Exponential(base=0))  # retry at once
+        assert [(r["id"], r["state"]) for r in rescued] == [(job_id, "retry")]
         conn.execute(QUERIES["claim"], {**claim, "worker_id": "fresh", "lease_seconds": 60})
         late = [{"id": job_id, "attempt": 1, "outcome": "completed", "result": "stale", "error": None}]
         from skiplock import plans
         from skiplock.runner import run_sync
-        assert run_sync(conn, plans.finish("slow", late, plans.Backoff())) == []
+        assert run_sync(conn, plans.finish("slow", late)) == []
     job = await queue.get(job_id)
     assert job.state == State.RUNNING and job.worker_id == "fresh" and job.attempts == 2 and job.result is None
 
@@ -178,14 +179,14 @@ async def test_heartbeat_renews_all_leases_in_one_statement(queue: Queue, dsn: s
         before = {i: (await queue.get(i)).lease_expires_at for i in ids}
         await asyncio.sleep(1.0)
         calls = 0
-        original = worker._execute
+        original = worker.db.execute
 
-        async def counting(name: str, params: dict[str, object]) -> list[dict[str, object]]:
+        async def counting(name: str, params: dict[str, object], conn: object = None) -> list[dict[str, object]]:
             nonlocal calls
             calls += name == "heartbeat"
             return await original(name, params)
 
-        worker._execute = counting  # type: ignore[method-assign]
+        worker.db.execute = counting  # type: ignore[method-assign]
         await worker.heartbeat()
         after = {i: (await queue.get(i)).lease_expires_at for i in ids}
         assert calls == 1 and all(after[i] > before[i] for i in ids)  # type: ignore[operator]

@@ -29,21 +29,21 @@ async def test_claim_overlaps_a_slow_finish_within_bounds(queue: Queue, dsn: str
 
     ids = await queue.enqueue_many([{"type": "t"} for _ in range(12)])
     async with running_worker(jobs, dsn, concurrency=3) as worker:
-        real_run = worker._run
+        real_run = worker.db.run
         held: list[int] = []
         first_flush_done = asyncio.Event()
         started_during_first_flush: list[int] = []
 
-        async def slow_run(plan: plans_mod.Plan) -> Any:
+        async def slow_run(plan: plans_mod.Plan, conn: Any = None, atomic: bool = True) -> Any:
             if plan.gi_code.co_name == "finish" and not first_flush_done.is_set():  # type: ignore[attr-defined]
                 before = len(started)
                 await asyncio.sleep(1.0)  # the first finish transaction is slow...
                 started_during_first_flush.append(len(started) - before)
                 held.append(len(worker.running))
                 first_flush_done.set()
-            return await real_run(plan)
+            return await real_run(plan, conn, atomic)
 
-        worker._run = slow_run  # type: ignore[method-assign]
+        worker.db.run = slow_run  # type: ignore[method-assign]
 
         async def all_done() -> bool:
             return all([(await queue.get(i)).state == State.COMPLETED for i in ids])

@@ -266,9 +266,11 @@ def test_worker_pods_pass_the_restricted_pod_security_standard(crd_cluster: Clus
 
 
 def test_the_dsn_reaches_pods_only_through_a_secret() -> None:
-    """The chart (with a DSN given as a value, and the UI on) puts the DSN in exactly one object, a
-    Secret; every pod reads it through a secretKeyRef. The worker Deployments the operator writes do
-    the same (and the CRD refuses a JobQueue that sets DATABASE_URL inline: tests/k8s/test_operator.py)."""
+    """The chart (with a DSN given as a value, and the UI on) puts the DSN in Secrets only: the
+    database Secret, and the migration hook's own (the database Secret does not exist yet when Helm
+    runs the pre-install hook; Helm deletes the hook's once the Job succeeded). Every pod reads it
+    through a secretKeyRef. The worker Deployments the operator writes do the same (and the CRD
+    refuses a JobQueue that sets DATABASE_URL inline: tests/k8s/test_operator.py)."""
     from skiplock.operator import resources
     from skiplock.operator.spec import parse
     from tests.ship.tools import docs, template
@@ -277,14 +279,16 @@ def test_the_dsn_reaches_pods_only_through_a_secret() -> None:
     objects = docs(template({"database": {"url": f"postgresql://u:{password}@db.example/skiplock"},
                              "ui": {"enabled": True}}).stdout)
     holders = [f"{o['kind']}/{o['metadata']['name']}" for o in objects if password in json.dumps(o)]
-    assert len(holders) == 1 and holders[0].startswith("Secret/"), holders
-    deployments = [o for o in objects if o["kind"] == "Deployment"]
+    assert holders == ["Secret/skiplock-database", "Secret/skiplock-migration"], holders
+    migration = next(o for o in objects if o["kind"] == "Secret" and o["metadata"]["name"] == "skiplock-migration")
+    assert "hook-succeeded" in migration["metadata"]["annotations"]["helm.sh/hook-delete-policy"]
+    deployments = [o for o in objects if o["kind"] in ("Deployment", "Job")]
     spec = parse({"database": {"secretRef": {"name": "db"}}, "queues": ["q"],
                   "pools": [{"name": "cpu", "image": "w:1"}]})
     body = {"metadata": {"name": "jq", "namespace": "ns", "uid": "u"}, "apiVersion": "skiplock.dev/v1alpha1",
             "kind": "JobQueue"}
     deployments.append(resources.deployment(body, spec, spec.pools[0], 1))
-    assert len(deployments) == 3  # the operator, the UI, a pool's workers
+    assert len(deployments) == 4  # the operator, the UI, the migration Job, a pool's workers
     for dep in deployments:
         for container in dep["spec"]["template"]["spec"]["containers"]:
             for env in container.get("env", []):

@@ -54,7 +54,7 @@ async def test_a_sweep_rescues_expired_leases_and_jobs_of_gone_pods(setup: Any, 
 
     rescued = await recovery.sweep(rt, rt.jobqueues[(NS, "jq")], index(kube))
     assert rescued == recovery.Rescued(lease_expired=1, pod_gone=2)
-    assert states(dsn) == {"pending": 3, "running": 2}  # the live pod keeps its jobs
+    assert states(dsn) == {"retry": 3, "running": 2}  # rescued: a failed attempt; the live pod keeps its jobs
     assert events[-1][1] == "JobsRescued" and GONE in events[-1][2]
     assert kube.statuses[(NS, "jq")]["lastRecovery"]["podGone"] == 2
     text = generate_latest(rt.metrics.registry).decode()
@@ -79,5 +79,5 @@ async def test_a_deleted_pod_releases_its_jobs_at_once(setup: Any, dsn: str) -> 
         await q.enqueue_many([{"type": "t"} for _ in range(3)])
     claim(dsn, GONE, 3)
     assert await recovery.pod_deleted(rt, NS, "jq", GONE) == recovery.Rescued(pod_gone=3)
-    assert states(dsn) == {"pending": 3}
+    assert states(dsn) == {"retry": 3}
     assert await recovery.pod_deleted(rt, NS, "unknown", GONE) is None

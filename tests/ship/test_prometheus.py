@@ -48,7 +48,7 @@ from .tools import CHART, alert_rules, need
 pytestmark = [pytest.mark.k8s, pytest.mark.timeout(900)]
 
 NS = "obs"
-CRD = CHART / "crds" / "jobqueues.skiplock.dev.yaml"
+CRD = CHART / "files" / "crds" / "jobqueues.skiplock.dev.yaml"
 DASHBOARDS = sorted((CHART / "dashboards").glob("*.json"))
 NODES = {"cpu-1": 0, "cpu-2": 0, "gpu-1": 1, "gpu-2": 1}
 IMAGE = "example.invalid/skiplock-worker:0.1.0"

@@ -12,7 +12,7 @@ from skiplock.errors import SkiplockError
 from skiplock.ui.app import create_app, run_ui
 from skiplock.ui.auth import Auth, is_loopback
 from tests.helpers import cli
-from tests.ui.conftest import csrf_token
+from tests.ui.conftest import csrf_token, ui_client
 
 TOKEN = "tok-0123456789abcdef"
 
@@ -22,7 +22,7 @@ def _basic(user: str, password: str) -> dict[str, str]:
 
 
 def test_token_via_header_or_login_cookie(dsn: str) -> None:
-    with TestClient(create_app(dsn, token=TOKEN), follow_redirects=False) as c:
+    with ui_client(create_app(dsn, token=TOKEN)) as c:
         refused = c.get("/jobs?state=dead")
         assert refused.status_code == 303
         assert refused.headers["location"] == "/login?next=%2Fjobs%3Fstate%3Ddead"
@@ -46,7 +46,7 @@ def test_token_via_header_or_login_cookie(dsn: str) -> None:
 
 
 def test_login_never_redirects_off_site(dsn: str) -> None:
-    with TestClient(create_app(dsn, token=TOKEN), follow_redirects=False) as c:
+    with ui_client(create_app(dsn, token=TOKEN)) as c:
         token = csrf_token(c, "/login")
         for target in ("//evil.example/", "https://evil.example/", "/\\evil.example", ""):
             response = c.post("/login", data={"csrf": token, "token": TOKEN, "next": target})
@@ -58,7 +58,7 @@ def test_login_page_without_a_token_configured_goes_home(client: TestClient) -> 
 
 
 def test_basic_auth(dsn: str) -> None:
-    with TestClient(create_app(dsn, user="ops", password="pa:ss word"), follow_redirects=False) as c:
+    with ui_client(create_app(dsn, user="ops", password="pa:ss word")) as c:
         refused = c.get("/")
         assert refused.status_code == 401 and refused.headers["www-authenticate"].startswith("Basic ")
         assert c.get("/", headers=_basic("ops", "wrong")).status_code == 401
@@ -68,7 +68,7 @@ def test_basic_auth(dsn: str) -> None:
 
 
 def test_token_and_basic_together(dsn: str) -> None:
-    with TestClient(create_app(dsn, token=TOKEN, user="ops", password="pw"), follow_redirects=False) as c:
+    with ui_client(create_app(dsn, token=TOKEN, user="ops", password="pw")) as c:
         refused = c.get("/")
         assert refused.status_code == 401 and "/login" in refused.text
         assert c.get("/", headers=_basic("ops", "pw")).status_code == 200

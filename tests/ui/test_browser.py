@@ -8,24 +8,19 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
-import signal
-import subprocess
-import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any
 
 import psycopg
 import pytest
 
 from skiplock import sync as skiplock_sync
-from skiplock.embedded import free_port
-from tests import helpers
 from tests.fixtures.jobs_fixture import ensure_table
-from tests.helpers import ROOT, cli, spawn_worker, sql
+from tests.helpers import cli, spawn_worker, sql
 from tests.ship.tools import missing
+from tests.ui.conftest import running_ui
+from tests.ui.conftest import stop as _stop
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",
@@ -52,41 +47,11 @@ def _wait_sql(dsn: str, query: str, expected: object, timeout: float = 60) -> No
         time.sleep(0.2)
 
 
-def _stop(proc: subprocess.Popen[Any]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 @pytest.fixture
 def ui_url(dsn: str, tmp_path: Path) -> Iterator[str]:
     """``skiplock ui`` as a real process on a free loopback port, without credentials."""
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SKIPLOCK_UI_") and k != "SKIPLOCK_DATABASE_URL"}
-    env.update(DATABASE_URL=dsn, PYTHONPATH=helpers.test_pythonpath())
-    log: IO[str] = (tmp_path / "ui.log").open("w")
-    proc = subprocess.Popen([sys.executable, "-m", "skiplock", "ui", "--host", "127.0.0.1", "--port", str(port)],
-                            env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    try:
-        while True:
-            assert proc.poll() is None, (tmp_path / "ui.log").read_text()
-            try:
-                with urllib.request.urlopen(f"{url}/healthz", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                assert time.monotonic() < deadline, "skiplock ui did not start"
-                time.sleep(0.2)
+    with running_ui(dsn, tmp_path / "ui.log") as url:
         yield url
-    finally:
-        _stop(proc)
-        log.close()
 
 
 def _seed(dsn: str) -> int:

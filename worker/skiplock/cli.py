@@ -15,26 +15,43 @@ import logging
 import os
 import signal
 import sys
+import traceback
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import psycopg
 from pydantic import ValidationError
 
-from . import __version__
+from . import __version__, states
 from .cli_env import EnvParser, check_library_env, configure_env
 from .db import RedactingFilter, connect_sync, redact, resolve_dsn
 from .durations import parse_duration
-from .errors import InvalidJob, SkiplockError
+from .errors import InvalidJob, SkiplockError, UnknownDependency
+from .extras import MissingDependency, needs
 from .migrate import migrate, require_current
-from .models import JobSpec, describe, make_spec
+from .models import JobSpec, State, describe, make_spec
 from .progress import Progress
 from .queue import Queue
 from .registry import JobRegistry
 
 log = logging.getLogger("skiplock")
 LOG_LEVELS = ("debug", "info", "warning", "error")
-STATES = ("scheduled", "blocked", "pending", "running", "completed", "retry", "dead", "cancelled")
+STATES = tuple(s.value for s in State)
+PURGEABLE = tuple(s.value for s in states.ordered(states.PURGEABLE))
+_UNSAFE = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0))}
+_UNSAFE.update({c: f"\\u{c:04x}" for c in (0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A))})
+_UNSAFE_KEEP_LINES = {c: e for c, e in _UNSAFE.items() if c != ord("\n")}
+
+
+def terminal_safe(text: str, keep_lines: bool = False) -> str:
+    """``text`` with control characters (escape sequences, carriage returns...) and bidirectional
+    overrides written as ``\\x1b``-style escapes: a job's name cannot drive the terminal it is
+    printed on. ``keep_lines``: newlines stay (a traceback)."""
+    return text.translate(_UNSAFE_KEEP_LINES if keep_lines else _UNSAFE)
+
+
+def _say(text: str, keep_lines: bool = False) -> None:
+    print(terminal_safe(text, keep_lines))
 
 
 def _json_arg(text: str) -> Any:
@@ -176,6 +193,10 @@ def build_parser() -> EnvParser:
     p.add_argument("--retain-dead", type=_duration_arg, default=None, help="keep dead jobs this long (default 7d)")
     p.add_argument("--metrics-port", type=_port_arg, default=None, help="serve /metrics, /healthz, /readyz")
     p.add_argument("--metrics-host", default=None, help="address for --metrics-port (default 0.0.0.0)")
+    p.add_argument("--max-result-bytes", type=_positive_int, default=None,
+                   help="largest result a handler may return, as JSON (default 1 MiB); a larger one fails the job")
+    p.add_argument("--loop-lag-warning", type=_duration_arg, default=None,
+                   help="warn when a handler blocks the event loop this long (default 1s; 0: never)")
 
     p = command(sub, "stats", "per queue: jobs by state and the oldest pending age")
     p.add_argument("--json", action="store_true")
@@ -199,7 +220,7 @@ def build_parser() -> EnvParser:
     p.add_argument("id", type=_positive_int)
     p = command(jsub, "purge", "delete finished jobs older than an age")
     p.add_argument("--state", dest="states", action="append", required=True,
-                   choices=["completed", "dead", "cancelled"], help="repeatable")
+                   choices=PURGEABLE, help="repeatable")
     p.add_argument("--older-than", type=_duration_arg, required=True, help="e.g. 7d, 12h")
 
     sched = command(sub, "schedule", "periodic jobs: add, list, remove, pause, resume")
@@ -238,6 +259,12 @@ def build_parser() -> EnvParser:
     p = command(sub, "ui", "the job browser (web UI)")
     p.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1 (loopback only)")
     p.add_argument("--port", type=_port_arg, default=8000, help="default 8000")
+    p.add_argument("--allowed-hosts", type=_csv, default=None, metavar="NAMES",
+                   help="comma-separated names the UI answers to (Host header), e.g. jobs.example.com; "
+                        "default: loopback names and --host; '*': any (needs credentials)")
+    p.add_argument("--forwarded-allow-ips", type=_csv, default=None, metavar="IPS",
+                   help="proxies whose X-Forwarded-Proto/-For are believed (comma-separated, '*': any); "
+                        "https from them makes cookies Secure (default 127.0.0.1)")
 
     p = command(sub, "demo", "a demo queue with real workers (embedded PostgreSQL if no DATABASE_URL)")
     p.add_argument("--jobs", type=_positive_int, default=3000)
@@ -262,6 +289,8 @@ def build_parser() -> EnvParser:
     p.add_argument("--query-timeout", type=_duration_arg, default=5.0,
                    help="seconds a database query may take (default 5)")
     p.add_argument("--standalone", action="store_true", help="no leader election (a single operator)")
+    p.add_argument("--no-migrate", action="store_true",
+                   help="leave each JobQueue's database schema alone (default: migrate it when it is behind)")
     p.add_argument("--pod-policy", choices=["enforce", "off"], default="enforce",
                    help="enforce (default): refuse pools whose pods break the restricted Pod Security Standard "
                         "or the tenancy rules, unless their namespace is labelled "
@@ -279,46 +308,67 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _jsonl_specs(path: str) -> Iterator[JobSpec]:
-    stream = sys.stdin if path == "-" else open(path, encoding="utf-8")  # noqa: SIM115
+def _jsonl_specs(path: str) -> Iterator[tuple[int, JobSpec]]:
+    """(line number, job) for each line of a JSONL file, each checked as ``enqueue`` would."""
+    stream = sys.stdin.buffer if path == "-" else open(path, "rb")  # noqa: SIM115
     with stream:
-        for number, line in enumerate(stream, 1):
+        for number, raw in enumerate(stream, 1):
+            where = f"{path}:{number}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise InvalidJob(f"{where}: not valid UTF-8 (byte 0x{raw[exc.start]:02x} at column "
+                                 f"{exc.start + 1})") from None
+            line = line.removeprefix("\ufeff") if number == 1 else line
             if not line.strip():
                 continue
             try:
                 fields = json.loads(line)
                 if not isinstance(fields, dict):
                     raise InvalidJob("each line must be a JSON object")
-                yield JobSpec(**fields)
+                spec = JobSpec(**fields)
+                spec.encoded_payload()
             except json.JSONDecodeError as exc:
-                raise InvalidJob(f"{path}:{number}: invalid JSON ({exc.msg})") from None
+                raise InvalidJob(f"{where}: invalid JSON ({exc.msg} at column {exc.colno})") from None
+            except RecursionError:
+                raise InvalidJob(f"{where}: JSON nested too deeply") from None
             except ValidationError as exc:
-                raise InvalidJob(f"{path}:{number}: {describe(exc)}") from None
+                raise InvalidJob(f"{where}: {describe(exc)}") from None
             except InvalidJob as exc:
-                raise InvalidJob(f"{path}:{number}: {exc}") from None
+                raise InvalidJob(f"{where}: {exc}") from None
+            yield number, spec
 
 
-def _chunks(items: Iterator[JobSpec], size: int) -> Iterator[list[JobSpec]]:
-    batch: list[JobSpec] = []
-    for item in items:
-        batch.append(item)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
+def _chunks(items: list[tuple[int, JobSpec]], size: int) -> Iterator[list[tuple[int, JobSpec]]]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
 
 
 async def _enqueue_file(queue: Queue, path: str, batch_size: int) -> int:
-    # Validate the whole file first: a bad line enqueues nothing rather than half the file.
-    specs = list(_jsonl_specs(path))
-    for spec in specs:
-        spec.encoded_payload()
-    progress = Progress("enqueue", total=len(specs))
-    done = 0
-    for batch in _chunks(iter(specs), batch_size):
-        done += len(await queue.enqueue_many(batch))
-        progress.update(done)
+    """All or nothing: every line is checked first, then the batches go in one transaction, so a
+    failure at any line (an unknown dependency, a lost connection) enqueues nothing and names it."""
+    lines = list(_jsonl_specs(path))
+    progress = Progress("enqueue", total=len(lines))
+    done, committing = 0, False
+    try:
+        async with queue.transaction() as conn:
+            for batch in _chunks(lines, batch_size):
+                try:
+                    await queue.enqueue_many([spec for _, spec in batch], conn=conn)
+                except UnknownDependency as exc:
+                    line = next(n for n, spec in batch if set(spec.depends_on) & set(exc.ids))
+                    raise InvalidJob(f"{path}:{line}: {exc}") from None
+                except InvalidJob as exc:
+                    raise InvalidJob(f"{path}:{batch[0][0]}-{batch[-1][0]}: {exc}") from None
+                done += len(batch)
+                progress.update(done)
+            committing = True
+    except SkiplockError as exc:
+        if committing:
+            raise SkiplockError(f"{exc}; the commit of all {len(lines)} jobs did not complete: check with "
+                                "`skiplock jobs list` before enqueueing the file again") from None
+        raise SkiplockError(f"{exc}; nothing was enqueued (a file is all or nothing: 0 of {len(lines)} jobs, "
+                            f"{done} had been sent)") from None
     progress.finish()
     return done
 
@@ -352,10 +402,22 @@ def load_registry(target: str | None) -> JobRegistry:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise SkiplockError(f"cannot import handler module {module_name!r}: {exc}") from None
+    except Exception as exc:  # the module itself raised while it was imported (or has a syntax error)
+        raise SkiplockError(f"handler module {module_name!r} failed while importing: {_where(exc)}") from None
     registry = getattr(module, attr, None)
     if not isinstance(registry, JobRegistry):
         raise SkiplockError(f"{target} is not a JobRegistry (found {type(registry).__name__})")
     return registry
+
+
+def _where(exc: BaseException) -> str:
+    """``Type: first line of the message (file:line)``, the innermost frame of its traceback."""
+    text = (str(exc).strip().splitlines() or [""])[0]
+    frames = traceback.extract_tb(exc.__traceback__)
+    filename, line = (exc.filename, exc.lineno) if isinstance(exc, SyntaxError) else \
+        ((frames[-1].filename, frames[-1].lineno) if frames else (None, None))
+    place = f" ({filename}:{line})" if filename else ""
+    return f"{type(exc).__name__}: {text}{place}" if text else f"{type(exc).__name__}{place}"
 
 
 WORKER_FLAGS = {
@@ -366,6 +428,7 @@ WORKER_FLAGS = {
     "recovery_interval": "--recovery-interval", "shutdown_grace": "--shutdown-grace",
     "backoff_base": "--backoff-base", "backoff_max": "--backoff-max", "retain_finished": "--retain-finished",
     "retain_dead": "--retain-dead", "metrics_port": "--metrics-port", "metrics_host": "--metrics-host",
+    "max_result_bytes": "--max-result-bytes", "loop_lag_warning": "--loop-lag-warning",
 }
 """Each ``WorkerConfig`` field and its ``skiplock worker`` flag (its variable: see ``cli_env``)."""
 
@@ -420,7 +483,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def _print_table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> None:
-    cells = [[str(c) for c in headers]] + [["" if c is None else str(c) for c in r] for r in rows]
+    cells = [[str(c) for c in headers]] + [["" if c is None else terminal_safe(str(c)) for c in r] for r in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
     for row in cells:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
@@ -456,7 +519,7 @@ def cmd_jobs(args: argparse.Namespace) -> int:
             action = args.jobs_command
             if action == "list":
                 jobs = await queue.list_jobs(state=args.state, queue=args.queue, type=args.type, tenant=args.tenant,
-                                        limit=args.limit, offset=args.offset)
+                                             limit=args.limit, offset=args.offset, brief=not args.json)
                 if args.json:
                     print(json.dumps([j.as_json() for j in jobs], indent=2))
                 else:
@@ -469,7 +532,8 @@ def cmd_jobs(args: argparse.Namespace) -> int:
                     print(json.dumps(job.as_json(), indent=2))
                 else:
                     for key, value in job.as_json().items():
-                        print(f"{key + ':':18} {json.dumps(value) if isinstance(value, (dict, list)) else value}")
+                        shown = json.dumps(value) if isinstance(value, (dict, list)) else value
+                        _say(f"{key + ':':18} {shown}", keep_lines=key == "last_error")
             elif action == "retry":
                 await queue.retry(args.id)
                 print(f"job {args.id} is pending again")
@@ -495,7 +559,7 @@ def cmd_schedule(args: argparse.Namespace) -> int:
                                      payload=args.payload, queue=args.queue, priority=args.priority,
                                      max_attempts=args.max_attempts, timezone=args.timezone,
                                      catch_up=args.catch_up)
-                print(f"schedule {spec.name}: next run {(await queue.set_schedule(spec)).isoformat()}")
+                _say(f"schedule {spec.name}: next run {(await queue.set_schedule(spec)).isoformat()}")
             elif action == "list":
                 rows = await queue.schedules()
                 if args.json:
@@ -507,10 +571,10 @@ def cmd_schedule(args: argparse.Namespace) -> int:
                                  ["NAME", "WHEN", "TYPE", "QUEUE", "TIMEZONE", "STATE", "NEXT RUN", "SOURCE"])
             elif action == "remove":
                 await queue.remove_schedule(args.name)
-                print(f"schedule {args.name} removed")
+                _say(f"schedule {args.name} removed")
             else:
                 await queue.pause_schedule(args.name, paused=action == "pause")
-                print(f"schedule {args.name} {'paused' if action == 'pause' else 'resumed'}")
+                _say(f"schedule {args.name} {'paused' if action == 'pause' else 'resumed'}")
 
     asyncio.run(go())
     return 0
@@ -528,7 +592,7 @@ def cmd_limits(args: argparse.Namespace) -> int:
             action = args.limits_command
             if action == "set":
                 row = await queue.set_limit(args.type, args.tenant, concurrency=args.concurrency, rate=args.rate)
-                print(f"limit {row['type']}{'/' + row['tenant'] if row['tenant'] else ''}: "
+                _say(f"limit {row['type']}{'/' + row['tenant'] if row['tenant'] else ''}: "
                       f"concurrency {row['concurrency'] or '-'}, rate {_rate_text(row['rate'])}")
             elif action == "list":
                 rows = await queue.limits()
@@ -540,14 +604,15 @@ def cmd_limits(args: argparse.Namespace) -> int:
             elif not await queue.clear_limit(args.type, args.tenant):
                 raise SkiplockError(f"no limit for {args.type!r}" + (f" tenant {args.tenant!r}" if args.tenant else ""))
             else:
-                print(f"limit {args.type} cleared")
+                _say(f"limit {args.type} cleared")
 
     asyncio.run(go())
     return 0
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
-    from .ui.app import run_ui
+    with needs("ui", "`skiplock ui`"):
+        from .ui.app import run_ui
 
     return run_ui(args)
 
@@ -559,7 +624,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_operator(args: argparse.Namespace) -> int:
-    from .operator.main import run_operator
+    with needs("operator", "`skiplock operator`"):
+        from .operator.main import run_operator
 
     return run_operator(args)
 
@@ -591,9 +657,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("skiplock: interrupted", file=sys.stderr)
         return 130
-    except (SkiplockError, OSError, psycopg.Error) as exc:
+    except (SkiplockError, MissingDependency, OSError, psycopg.Error) as exc:
         text = str(exc).strip()
-        message = text if isinstance(exc, SkiplockError) else (text.splitlines()[0] if text else repr(exc))
-        print(f"skiplock: error: {redact(message, args.database_url)}", file=sys.stderr)
+        ours = isinstance(exc, (SkiplockError, MissingDependency))
+        message = text if ours else (text.splitlines()[0] if text else repr(exc))
+        print(f"skiplock: error: {terminal_safe(redact(message, args.database_url))}", file=sys.stderr)
         return 1
     return 0

@@ -24,6 +24,14 @@ class JobNotFound(SkiplockError, LookupError):
     """No job with that id (in the hot table or the history)."""
 
 
+class UnknownDependency(JobNotFound):
+    """A job's ``depends_on`` names ids that are in neither table (``ids``)."""
+
+    def __init__(self, ids: list[int]) -> None:
+        super().__init__(f"depends_on names unknown job ids: {ids[:10]}")
+        self.ids = ids
+
+
 class DatabaseUnavailable(SkiplockError, ConnectionError):
     """PostgreSQL could not be reached, or the connection broke mid-statement."""
 

@@ -6,36 +6,24 @@ import json
 import os
 import re
 from datetime import UTC, datetime, timedelta
-from enum import StrEnum
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import InvalidJob, PayloadTooLarge
+from .states import FINISHED as FINISHED  # re-exported: the job model's states
+from .states import State as State
 
 INT32 = 2**31 - 1
 INT64 = 2**63 - 1
 MAX_NAME = 200
 MAX_LABELS_BYTES = 64 * 1024
 DEFAULT_MAX_PAYLOAD = 1024 * 1024
+MAX_JSON_DEPTH = 100
+"""Payloads, results and schedule payloads nest at most this deep: every reader (a handler, ``jobs
+show``, the UI, another language's client) can decode and print what skiplock stores."""
 _encode = json.JSONEncoder(allow_nan=False, ensure_ascii=False, separators=(",", ":")).encode
 _NUL_ESCAPE = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")  # JSON's escape of NUL, not an escaped backslash
-
-
-class State(StrEnum):
-    """A job's state; see docs/state-machine.md."""
-
-    SCHEDULED = "scheduled"
-    BLOCKED = "blocked"
-    PENDING = "pending"
-    RUNNING = "running"
-    COMPLETED = "completed"
-    RETRY = "retry"
-    DEAD = "dead"
-    CANCELLED = "cancelled"
-
-
-FINISHED = frozenset({State.COMPLETED, State.DEAD, State.CANCELLED})
 
 
 def max_payload_bytes() -> int:
@@ -54,15 +42,40 @@ def storable(value: str) -> bool:
     return True
 
 
+def too_deep(value: Any, limit: int = MAX_JSON_DEPTH) -> bool:
+    """Whether ``value`` nests objects and arrays more than ``limit`` levels deep (a loop, not a
+    recursion: any depth is measured safely)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item
+        if depth > limit:
+            return True
+        stack.extend((c, depth + 1) for c in children if isinstance(c, (dict, list, tuple)))
+    return False
+
+
+TOO_DEEP = f"<not shown: nested more than {MAX_JSON_DEPTH} levels deep>"
+
+
+def printable_json(value: Any) -> Any:
+    """``value``, or the TOO_DEEP note in its place if no reader could print it."""
+    return TOO_DEEP if isinstance(value, (dict, list)) and too_deep(value) else value
+
+
 def json_text(value: Any, what: str) -> str:
-    """``value`` as compact JSON text that PostgreSQL's jsonb accepts, else ``InvalidJob``: no NaN
-    or infinity, no NUL characters, no lone surrogates, no nesting deeper than Python can encode."""
+    """``value`` as compact JSON text that PostgreSQL's jsonb accepts and every reader can decode,
+    else ``InvalidJob``: no NaN or infinity, no NUL characters, no lone surrogates, no nesting
+    deeper than MAX_JSON_DEPTH levels."""
     try:
         text = _encode(value)
     except (TypeError, ValueError) as exc:
         raise InvalidJob(f"{what} is not JSON-serializable: {exc}") from None
     except RecursionError:
-        raise InvalidJob(f"{what} is nested too deeply to encode as JSON") from None
+        text = ""
+    if not text or (text.count("[") + text.count("{") > MAX_JSON_DEPTH
+                    and isinstance(value, (dict, list, tuple)) and too_deep(value)):
+        raise InvalidJob(f"{what} nests objects and arrays more than {MAX_JSON_DEPTH} levels deep") from None
     if _NUL_ESCAPE.search(text):
         raise InvalidJob(f"{what} strings may not contain NUL characters (PostgreSQL jsonb)")
     if not storable(text):
@@ -165,7 +178,8 @@ def make_spec(type: str, **options: Any) -> JobSpec:
 def describe(exc: ValidationError) -> str:
     """One line per problem: ``field: message``."""
     return "; ".join(
-        f"{'.'.join(str(p) for p in err['loc']) or 'job'}: {err['msg']}" for err in exc.errors()
+        f"{'.'.join(str(p) for p in err['loc']) or 'job'}: {err['msg'].removeprefix('Value error, ')}"
+        for err in exc.errors()
     )
 
 
@@ -201,5 +215,10 @@ class JobRecord(BaseModel):
     archived: bool = False
 
     def as_json(self) -> dict[str, Any]:
-        """A JSON-ready dict (timestamps as ISO 8601)."""
-        return self.model_dump(mode="json")
+        """A JSON-ready dict (timestamps as ISO 8601). A payload or result nested deeper than
+        MAX_JSON_DEPTH (stored by some other way than skiplock's, or before it checked) is shown as
+        a note, so that one such job cannot break every listing that includes it."""
+        data = self.model_dump(mode="json", exclude={"payload", "result"})
+        for name in ("payload", "result"):
+            data[name] = printable_json(getattr(self, name))
+        return data

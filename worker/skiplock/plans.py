@@ -9,17 +9,18 @@ from __future__ import annotations
 
 import json
 from collections.abc import Generator, Sequence
-from dataclasses import dataclass
 from typing import Any
 
-from .errors import InvalidJob, JobNotFound
+from .errors import InvalidJob, JobNotFound, UnknownDependency
 from .models import JobSpec, State, max_payload_bytes
+from .retry import DEFAULT, RetryPolicy
+from .states import FAILED, RETRYABLE, ordered
 
 Row = dict[str, Any]
 Step = list[tuple[str, dict[str, Any]]]
 Plan = Generator[Step, list[list[Row]], Any]
 
-FAILED_STATES = {State.DEAD.value, State.CANCELLED.value}
+FAILED_STATES = {s.value for s in FAILED}
 
 
 _encode = json.JSONEncoder(separators=(",", ":")).encode
@@ -61,7 +62,7 @@ def enqueue(specs: Sequence[JobSpec]) -> Plan:
         deps = {r["id"]: r["state"] for r in found}
         missing = [d for d in dep_ids if d not in deps]
         if missing:
-            raise JobNotFound(f"depends_on names unknown job ids: {missing[:10]}")
+            raise UnknownDependency(missing)
     limit = max_payload_bytes()
     rows = "[" + ",".join(_job_row(i, s, deps, limit) for i, s in enumerate(specs)) + "]"
     (inserted,) = yield [("enqueue", {"jobs": rows})]
@@ -92,33 +93,40 @@ def cascade(first: list[Row]) -> Plan:
     return changed
 
 
-@dataclass(frozen=True)
-class Backoff:
-    """Retry delay: ``min(max, base * 2**(attempt-1))`` seconds, scaled by a jitter in [0.5, 1)."""
-
-    base: float = 1.0
-    max: float = 3600.0
-
-
-def finish(worker_id: str, batch: list[dict[str, Any]], backoff: Backoff) -> Plan:
-    """Record outcomes (``{id, attempt, outcome, result, error}``) and settle dependents, in one
-    transaction; returns the rows finished (a stale execution's outcome is not among them)."""
+def finish(worker_id: str, batch: list[dict[str, Any]], policy: RetryPolicy = DEFAULT) -> Plan:
+    """Record outcomes (``{id, attempt, outcome, result, error}``, optionally ``retry_in`` seconds
+    instead of the policy's delay) and settle dependents, in one transaction; returns the rows
+    finished (a stale execution's outcome is not among them)."""
     ids = [b["id"] for b in batch]
-    params = {"worker_id": worker_id, "batch": json.dumps(batch), "ids": ids, "backoff_base": backoff.base,
-              "backoff_max": backoff.max}
+    params = {"worker_id": worker_id, "batch": json.dumps(batch), "ids": ids, "retry_policy": policy.as_json()}
     done, first = yield [("finish", params), ("propagate", {"ids": ids})]
     yield from cascade(first)
     return done
 
 
-def rescue(gone_workers: Sequence[str] = ()) -> Plan:
-    """Recover expired leases and the jobs of workers known to be gone; returns the rows."""
-    rescued, = yield [("rescue", {"gone_workers": list(gone_workers)})]
-    dead = [r["id"] for r in rescued if r["state"] == State.DEAD.value]
-    if dead:
-        (first,) = yield [("propagate", {"ids": dead})]
+def _settle_failed(rows: list[Row]) -> Plan:
+    """Propagate to the dependents of the rows that ended dead or cancelled."""
+    ended = [r["id"] for r in rows if r["state"] in FAILED_STATES]
+    if ended:
+        (first,) = yield [("propagate", {"ids": ended})]
         yield from cascade(first)
+
+
+def rescue(gone_workers: Sequence[str] = (), policy: RetryPolicy = DEFAULT) -> Plan:
+    """Recover expired leases and the jobs of workers known to be gone (a failed attempt: retried
+    after ``policy``'s delay); returns the rows."""
+    rescued, = yield [("rescue", {"gone_workers": list(gone_workers), "retry_policy": policy.as_json()})]
+    yield from _settle_failed(rescued)
     return rescued
+
+
+def release(worker_id: str, executions: Sequence[tuple[int, int]]) -> Plan:
+    """Hand back unfinished executions ``(id, attempt)`` without spending the attempt (a job whose
+    cancel was requested ends cancelled instead); returns the rows released."""
+    released, = yield [("release", {"ids": [i for i, _ in executions], "attempts": [a for _, a in executions],
+                                    "worker_id": worker_id})]
+    yield from _settle_failed(released)
+    return released
 
 
 def cancel(job_id: int, reason: str = "cancelled by request") -> Plan:
@@ -141,7 +149,9 @@ def retry(job_id: int) -> Plan:
         (found,) = yield [("get_job", {"id": job_id})]
         if not found:
             raise JobNotFound(f"no job {job_id}")
-        raise InvalidJob(f"job {job_id} is {found[0]['state']}: only finished or waiting jobs can be retried")
+        *others, last = [s.value for s in ordered(RETRYABLE)]
+        raise InvalidJob(f"job {job_id} is {found[0]['state']}: only finished or waiting jobs can be retried "
+                         f"(those {', '.join(others)} or {last})")
     return job_id
 
 

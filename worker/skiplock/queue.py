@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -13,18 +13,19 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 from . import plans
+from .database import Database
 from .db import connect, make_pool, resolve_dsn
 from .errors import InvalidJob, JobFailed, JobNotFound, wrap_db_errors
 from .models import FINISHED, JobRecord, JobSpec, State, make_spec
-from .runner import run
+from .retry import DEFAULT, RetryPolicy
 from .schedules import ScheduleSpec
 from .sql import QUERIES
+from .states import PURGEABLE, ordered
 
 if TYPE_CHECKING:
     from .metrics import WorkerMetrics
 
 AsyncConn = psycopg.AsyncConnection[Any]
-FINISHED_STATES = [s.value for s in FINISHED]
 
 
 def as_spec(job: JobSpec | dict[str, Any]) -> JobSpec:
@@ -44,6 +45,7 @@ class Queue:
         self.dsn = resolve_dsn(dsn) if pool is None else str(pool.conninfo)
         self._pool = pool or make_pool(self.dsn, pool_size, "client")
         self._own_pool = pool is None
+        self.db = Database(self._pool)
         self.metrics = metrics  # given: enqueued jobs count in its skiplock_jobs_enqueued_total
 
     async def __aenter__(self) -> Queue:
@@ -66,18 +68,19 @@ class Queue:
         if self._own_pool:
             await self._pool.close()
 
-    async def _run(self, plan: plans.Plan, conn: AsyncConn | None = None, atomic: bool = True) -> Any:
-        if conn is not None:
-            return await run(conn, plan, atomic)
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[AsyncConn]:
+        """A pooled connection in a transaction, for ``conn=``: everything done on it commits
+        together at the end of the block, or not at all."""
         with wrap_db_errors():
-            async with self._pool.connection() as pooled:
-                return await run(pooled, plan, atomic)
+            async with self._pool.connection() as conn, conn.transaction():
+                yield conn
+
+    async def _run(self, plan: plans.Plan, conn: AsyncConn | None = None, atomic: bool = True) -> Any:
+        return await self.db.run(plan, conn, atomic)
 
     async def _fetch(self, name: str, params: dict[str, Any]) -> list[dict[str, Any]]:
-        with wrap_db_errors():
-            async with self._pool.connection() as conn:
-                cur = await conn.execute(QUERIES[name], params)
-                return await cur.fetchall() if cur.description else []
+        return await self.db.execute(name, params)
 
     # -- producing ---------------------------------------------------------------------------
 
@@ -108,9 +111,11 @@ class Queue:
         return JobRecord(**rows[0])
 
     async def list_jobs(self, *, state: str | None = None, queue: str | None = None, type: str | None = None,
-                   tenant: str | None = None, limit: int = 50, offset: int = 0) -> list[JobRecord]:
-        rows = await self._fetch("list_jobs", {"state": state, "queue": queue, "type": type,
-                                               "tenant": tenant, "limit": limit, "offset": offset})
+                        tenant: str | None = None, limit: int = 50, offset: int = 0,
+                        brief: bool = False) -> list[JobRecord]:
+        """Newest first. ``brief``: without payload and result (None), for lists that do not show them."""
+        rows = await self._fetch("list_jobs", {"state": state, "queue": queue, "type": type, "tenant": tenant,
+                                               "limit": limit, "offset": offset, "brief": brief})
         return [JobRecord(**r) for r in rows]
 
     async def dependents(self, job_id: int, limit: int = 100) -> list[dict[str, Any]]:
@@ -165,16 +170,17 @@ class Queue:
         """Runnable and running jobs by queue and type, with the oldest wait (the autoscaler's view)."""
         return await self._fetch("depth", {"queues": list(queues)})
 
-    async def rescue(self, gone_workers: Sequence[str] = ()) -> list[dict[str, Any]]:
-        """Recover expired leases and the jobs of gone workers (the operator's recovery)."""
-        rows: list[dict[str, Any]] = await self._run(plans.rescue(gone_workers))
+    async def rescue(self, gone_workers: Sequence[str] = (), policy: RetryPolicy = DEFAULT) -> list[dict[str, Any]]:
+        """Recover expired leases and the jobs of gone workers (retried after ``policy``'s delay)."""
+        rows: list[dict[str, Any]] = await self._run(plans.rescue(gone_workers, policy))
         return rows
 
     async def purge(self, states: Sequence[str], older_than: float) -> int:
         """Delete finished jobs of ``states`` older than ``older_than`` seconds; returns how many."""
-        bad = sorted(set(states) - set(FINISHED_STATES))
+        allowed = [s.value for s in ordered(PURGEABLE)]
+        bad = sorted(set(states) - set(allowed))
         if bad:
-            raise InvalidJob(f"only finished states can be purged ({', '.join(FINISHED_STATES)}), not {bad}")
+            raise InvalidJob(f"only finished states can be purged ({', '.join(allowed)}), not {bad}")
         rows = await self._fetch("purge", {"states": list(states), "older_than": older_than})
         return int(rows[0]["purged"])
 

@@ -8,14 +8,15 @@ from datetime import datetime, timedelta
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from croniter import croniter
+from croniter import CroniterError, croniter
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import InvalidJob
-from .models import INT32, describe
+from .models import INT32, describe, json_text
 
 CatchUp = Literal["skip", "latest", "all"]
 MAX_CATCH_UP = 1000
+MAX_EVERY = 10 * 366 * 86400.0  # an interval longer than ten years is a mistake, not a schedule
 
 
 class ScheduleSpec(BaseModel):
@@ -29,7 +30,7 @@ class ScheduleSpec(BaseModel):
     name: str = Field(min_length=1, max_length=200)
     type: str = Field(min_length=1, max_length=200)
     cron: str | None = None
-    every: float | None = Field(default=None, gt=0)
+    every: float | None = Field(default=None, gt=0, le=MAX_EVERY, allow_inf_nan=False)
     payload: Any = Field(default_factory=dict)
     queue: str = Field(default="default", min_length=1, max_length=200)
     priority: int = Field(default=0, ge=-INT32, le=INT32)
@@ -45,6 +46,10 @@ class ScheduleSpec(BaseModel):
         fields = value.split()
         if len(fields) not in (5, 6) or not croniter.is_valid(value, second_at_beginning=len(fields) == 6):
             raise ValueError(f"invalid cron expression {value!r}: use 5 fields, or 6 with seconds first")
+        try:  # valid fields can still name a date that never comes (February 31st)
+            croniter(value, second_at_beginning=len(fields) == 6).get_next(datetime)
+        except (CroniterError, OverflowError, ValueError):
+            raise ValueError(f"cron expression {value!r} never fires (no such date)") from None
         return " ".join(fields)
 
     @field_validator("timezone")
@@ -60,10 +65,7 @@ class ScheduleSpec(BaseModel):
     def _one_timing(self) -> ScheduleSpec:
         if (self.cron is None) == (self.every is None):
             raise ValueError("give exactly one of cron or every")
-        try:
-            json.dumps(self.payload, allow_nan=False)
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"payload is not JSON-serializable: {exc}") from None
+        json_text(self.payload, "payload")
         return self
 
     def next_after(self, moment: datetime) -> datetime:

@@ -74,6 +74,8 @@ async def _observe(rt: Runtime, jq: JobQueueState, spec: JobQueueSpec, problems:
             jq.dsn, jq.dsn_read_at = dsn, time.monotonic()
             rt.dsns[jq.key] = dsn
         assert jq.queue is not None
+        if applied := await rt.schemas.ensure(jq.dsn):
+            rt.event(jq.ref, "Normal", "SchemaMigrated", f"database schema migrated: {', '.join(applied)}")
         rows = await rt.databases.call(jq.queue.depth(spec.queues))
         caps = concurrency_caps(await rt.databases.call(jq.queue.limits()))
     except KubeError as exc:
@@ -86,6 +88,7 @@ async def _observe(rt: Runtime, jq: JobQueueState, spec: JobQueueSpec, problems:
                                               "PostgreSQL connection string"))
         return None
     except SchemaMissing as exc:
+        rt.schemas.forget(jq.dsn)  # found current once, gone since: check (and migrate) again
         problems.append(Problem("DatabaseSchemaMissing", str(exc)))
         rt.metrics.database_up.labels(jq.namespace, jq.name).set(0)
         return None

@@ -4,7 +4,8 @@ A worker's id is its pod's name (``SKIPLOCK_WORKER_ID`` from the downward API), 
 jobs are released as soon as the pod is gone (its DELETED event), instead of when their lease
 runs out. A periodic sweep catches what an event missed (e.g. while the operator was down): running
 jobs whose worker looks like one of the JobQueue's pods, which the API server confirms is gone.
-Both go through the core's ``rescue`` plan; nothing here writes SQL.
+Both run the workers' own maintenance task, ``skiplock.maintenance.Rescuer`` (a rescued job is a
+failed attempt, retried after the default retry policy's delay); nothing here writes SQL.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from skiplock.errors import DatabaseUnavailable, SchemaMissing
+from skiplock.maintenance import Rescuer
 
 from .db import redact
 from .kube import KubeError
@@ -27,6 +29,7 @@ from .status import timestamp
 log = logging.getLogger("skiplock.operator.recovery")
 # A Deployment's pod is named <deployment>-<pod-template-hash>-<5 random characters>.
 _POD_OF_DEPLOYMENT = re.compile(r"-[a-z0-9]{1,10}-[a-z0-9]{5}")
+RESCUER = Rescuer()
 
 
 @dataclass(frozen=True)
@@ -55,8 +58,9 @@ async def recover(rt: Runtime, jq: JobQueueState, gone: Sequence[str]) -> Rescue
     """Rescue expired leases, then the jobs of ``gone`` workers (two statements, so each rescued job
     is counted under the right reason)."""
     assert jq.queue is not None
-    expired = await rt.databases.call(jq.queue.rescue([]))
-    lost = await rt.databases.call(jq.queue.rescue(gone)) if gone else []
+    db = jq.queue.db
+    expired = await rt.databases.call(RESCUER.rescue(db, []))
+    lost = await rt.databases.call(RESCUER.rescue(db, gone)) if gone else []
     return Rescued(len(expired), len(lost))
 
 

@@ -18,6 +18,7 @@ from .db import Databases
 from .kube import Kube
 from .metrics import OperatorMetrics
 from .schedules import SyncState
+from .schema import Schemas
 from .spec import JobQueueSpec
 
 Key = tuple[str, str]  # (namespace, name)
@@ -75,6 +76,7 @@ class Runtime:
     databases: Databases
     metrics: OperatorMetrics
     event: EventSink = kopf_event
+    schemas: Schemas = field(default_factory=Schemas)  # each JobQueue's database migrated before use
     pod_policy: bool = True  # refuse pools whose pods break podpolicy's rules (--pod-policy)
     jobqueues: dict[Key, JobQueueState] = field(default_factory=dict)
     # The DSN each JobQueue last read, kept past ``forget`` for the deletion handler (a namespace's

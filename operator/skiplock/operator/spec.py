@@ -1,6 +1,6 @@
 """The JobQueue custom resource as typed models (``skiplock.dev/v1alpha1``).
 
-The CRD's OpenAPI schema (charts/skiplock/crds/jobqueues.skiplock.dev.yaml) is what the API server
+The CRD's OpenAPI schema (charts/skiplock/files/crds/jobqueues.skiplock.dev.yaml) is what the API server
 enforces; these models read what it admitted, with the same defaults (a unit test keeps the two
 in step). Unknown fields are ignored, so a newer CRD does not break an older operator.
 

@@ -1,4 +1,8 @@
-"""Every SQL statement of skiplock, loaded by name from ``queries.sql``, and the migrations."""
+"""Every SQL statement of skiplock, loaded by name from ``queries.sql``, and the migrations.
+
+State lists are never written out in ``queries.sql``: ``{{runnable}}`` and the other names of
+``skiplock.states.SQL_SETS`` stand for them and become ``('pending', 'scheduled', 'retry')`` here,
+from the one transitions table."""
 
 from __future__ import annotations
 
@@ -6,7 +10,17 @@ import re
 from dataclasses import dataclass
 from importlib import resources
 
+from ..states import SQL_SETS, sql_list
+
 _NAME = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
+_SET = re.compile(r"\{\{(\w+)\}\}")
+
+
+def _expand(match: re.Match[str]) -> str:
+    name = match.group(1)
+    if name not in SQL_SETS:
+        raise KeyError(f"queries.sql names an unknown state set {{{{{name}}}}} (see skiplock.states.SQL_SETS)")
+    return sql_list(SQL_SETS[name])
 
 
 def _parse(text: str) -> dict[str, str]:
@@ -14,7 +28,7 @@ def _parse(text: str) -> dict[str, str]:
     queries: dict[str, str] = {}
     for name, body in zip(parts[1::2], parts[2::2], strict=True):
         lines = [ln for ln in body.strip().splitlines() if not ln.lstrip().startswith("--")]
-        queries[name] = "\n".join(lines).strip().rstrip(";")
+        queries[name] = _SET.sub(_expand, "\n".join(lines).strip().rstrip(";"))
     return queries
 
 

@@ -1,7 +1,9 @@
 -- Every statement skiplock runs, by name. Loaded once by skiplock.sql; used as QUERIES["name"].
 -- Parameters are psycopg named placeholders; nothing is ever formatted into the text.
--- "Runnable" means state IN ('pending', 'scheduled', 'retry') AND run_at <= now(): a scheduled
--- or retrying job becomes runnable when its time comes, with no promoter process.
+-- State lists are named, never written out: {{runnable}}, {{finished}}... are the sets of
+-- skiplock.states (the one transitions table), expanded when skiplock.sql loads this file.
+-- "Runnable" means state IN {{runnable}} AND run_at <= now(): a scheduled or retrying job becomes
+-- runnable when its time comes, with no promoter process.
 
 -- name: lock_parents
 -- Enqueue with dependencies, step 1 (same transaction as enqueue): lock each parent and mark that
@@ -39,7 +41,7 @@ WITH rows AS (
            CASE WHEN dep_error IS NOT NULL THEN now() END
     FROM rows ORDER BY ord
     ON CONFLICT (queue, dedup_key)
-        WHERE dedup_key IS NOT NULL AND state NOT IN ('completed', 'dead', 'cancelled')
+        WHERE dedup_key IS NOT NULL AND state NOT IN {{finished}}
         DO NOTHING
     RETURNING id, queue, dedup_key, state::text
 ), wake AS (
@@ -52,7 +54,7 @@ SELECT id, queue, dedup_key, state, (SELECT count(*) FROM wake) AS woken FROM in
 SELECT j.id, j.queue, j.dedup_key FROM skiplock.jobs j
 JOIN unnest(%(queues)s::text[], %(keys)s::text[]) AS k(queue, dedup_key)
   ON j.queue = k.queue AND j.dedup_key = k.dedup_key
-WHERE j.state NOT IN ('completed', 'dead', 'cancelled');
+WHERE j.state NOT IN {{finished}};
 
 -- name: claim
 -- Claim up to %(limit)s runnable jobs of one queue in one statement, highest priority first, then
@@ -62,7 +64,7 @@ WHERE j.state NOT IN ('completed', 'dead', 'cancelled');
 -- claim_limited, so a worker that has not yet noticed a new limit can never break it.
 WITH next AS (
     SELECT id FROM skiplock.jobs
-    WHERE state IN ('pending', 'scheduled', 'retry')
+    WHERE state IN {{runnable}}
       AND queue = %(queue)s
       AND run_at <= now()
       AND (%(types)s::text[] IS NULL OR type = ANY(%(types)s::text[]))
@@ -80,32 +82,35 @@ RETURNING j.id, j.queue, j.type, j.payload, j.priority, j.attempts, j.max_attemp
           j.timeout_seconds, j.tenant, j.labels, j.run_at, j.created_at;
 
 -- name: finish
--- Record the outcome of a batch of executions: completed (with result), failed (retry with
--- exponential backoff and jitter, or dead when attempts are spent), dead (permanent failure) or
--- cancelled. Only the execution that holds the lease may finish a job: a late finish from a lease
--- that was rescued (and maybe re-claimed: attempts moved on) changes nothing.
+-- Record the outcome of a batch of executions: completed (with result), failed (retry after the
+-- retry policy's delay, or dead when attempts are spent), dead (permanent failure) or cancelled.
+-- A failure after a cancel request ends cancelled, not retry: the request is honoured, and like
+-- every end of an execution this clears it. `retry_in` (optional, per outcome) overrides the
+-- policy's delay. Only the execution that holds the lease may finish a job: a late finish from a
+-- lease that was rescued (and maybe re-claimed: attempts moved on) changes nothing.
 -- The batch is found by primary key whatever the statistics say: `id = ANY(ids)` gives the planner
 -- the row count, and `state::text = 'running'` (not `state = 'running'`) keeps it off
 -- jobs_running_idx (stale statistics made it walk every job claimed since the last vacuum, or
 -- scan the whole table, to find a hundred).
 WITH f AS (
     SELECT * FROM jsonb_to_recordset(%(batch)s::jsonb)
-        AS f(id bigint, attempt integer, outcome text, result jsonb, error text)
+        AS f(id bigint, attempt integer, outcome text, result jsonb, error text, retry_in double precision)
 ), done AS (
     UPDATE skiplock.jobs j
     SET state = CASE
-            WHEN f.outcome IN ('completed', 'cancelled', 'dead') THEN f.outcome
+            WHEN f.outcome <> 'failed' THEN f.outcome  -- completed, cancelled, dead: as said
             WHEN j.attempts >= j.max_attempts THEN 'dead'
+            WHEN j.cancel_requested THEN 'cancelled'
             ELSE 'retry' END::skiplock.job_state,
         result = CASE WHEN f.outcome = 'completed' THEN f.result ELSE j.result END,
         last_error = CASE WHEN f.outcome = 'completed' THEN j.last_error ELSE f.error END,
-        run_at = CASE WHEN f.outcome = 'failed' AND j.attempts < j.max_attempts
-                      THEN now() + make_interval(secs => least(%(backoff_max)s::float8,
-                               %(backoff_base)s::float8 * power(2, j.attempts - 1)) * (0.5 + random() / 2))
+        run_at = CASE WHEN f.outcome = 'failed' AND j.attempts < j.max_attempts AND NOT j.cancel_requested
+                      THEN now() + make_interval(secs => coalesce(
+                               f.retry_in, skiplock.retry_delay(%(retry_policy)s::jsonb, j.attempts)))
                       ELSE j.run_at END,
-        finished_at = CASE WHEN f.outcome = 'failed' AND j.attempts < j.max_attempts THEN NULL
-                           ELSE now() END,
-        lease_expires_at = NULL, updated_at = now()
+        finished_at = CASE WHEN f.outcome = 'failed' AND j.attempts < j.max_attempts AND NOT j.cancel_requested
+                           THEN NULL ELSE now() END,
+        cancel_requested = false, lease_expires_at = NULL, updated_at = now()
     FROM f
     WHERE j.id = ANY(%(ids)s::bigint[]) AND j.id = f.id AND j.attempts = f.attempt
       AND j.state::text = 'running' AND j.worker_id = %(worker_id)s
@@ -126,7 +131,7 @@ WITH batch AS MATERIALIZED (
     SELECT id, state, has_dependents, xmin AS row_xmin FROM skiplock.jobs WHERE id = ANY(%(ids)s::bigint[])
 ), parents AS (
     SELECT id, state FROM batch
-    WHERE has_dependents AND state IN ('completed', 'dead', 'cancelled') AND row_xmin = pg_current_xact_id()::xid
+    WHERE has_dependents AND state IN {{finished}} AND row_xmin = pg_current_xact_id()::xid
 ), hits AS (
     SELECT c.id,
            count(*) FILTER (WHERE p.state = 'completed') AS done,
@@ -177,18 +182,26 @@ DELETE FROM skiplock.workers WHERE id = %(worker_id)s;
 -- name: release
 -- Graceful shutdown: hand back executions (id, attempt) this worker will not finish, without
 -- spending the attempt. One whose lease was rescued meanwhile is not this worker's to release.
+-- A job whose cancel was requested is not handed back to run again: it ends cancelled.
 WITH released AS (
     UPDATE skiplock.jobs j
-    SET state = 'pending', attempts = j.attempts - 1, worker_id = NULL, lease_expires_at = NULL,
-        updated_at = now()
+    SET state = CASE WHEN j.cancel_requested THEN 'cancelled' ELSE 'pending' END::skiplock.job_state,
+        attempts = j.attempts - 1,
+        last_error = CASE WHEN j.cancel_requested THEN 'cancelled by request (stopped at worker shutdown)'
+                          ELSE j.last_error END,
+        finished_at = CASE WHEN j.cancel_requested THEN now() END,
+        cancel_requested = false, worker_id = NULL, lease_expires_at = NULL, updated_at = now()
     FROM unnest(%(ids)s::bigint[], %(attempts)s::integer[]) AS r(id, attempt)
     WHERE j.id = ANY(%(ids)s::bigint[]) AND j.id = r.id AND j.attempts = r.attempt
       AND j.worker_id = %(worker_id)s AND j.state::text = 'running'  -- by id (see finish)
-    RETURNING j.id, j.queue
+    RETURNING j.id, j.queue, j.state::text, j.notify_finish
 ), wake AS (
-    SELECT pg_notify('skiplock_jobs', q.queue) FROM (SELECT DISTINCT queue FROM released) q
+    SELECT pg_notify('skiplock_jobs', q.queue) FROM (SELECT DISTINCT queue FROM released WHERE state = 'pending') q
+), notified AS (
+    SELECT pg_notify('skiplock_finished', id::text) FROM released WHERE notify_finish AND state = 'cancelled'
 )
-SELECT id, queue, (SELECT count(*) FROM wake) AS woken FROM released;
+SELECT id, queue, state, (SELECT count(*) FROM wake) AS woken, (SELECT count(*) FROM notified) AS notified
+FROM released;
 
 -- name: try_maintenance_lock
 -- Workers (and the operator) run recovery and retention under this lock: one at a time.
@@ -196,23 +209,34 @@ SELECT pg_try_advisory_xact_lock(hashtext('skiplock.maintenance')) AS locked;
 
 -- name: rescue
 -- Recovery: running jobs whose lease expired, or whose worker is known to be gone (the operator
--- passes the worker ids of deleted pods), go back to pending; dead when their attempts are spent.
--- Shared by the workers' maintenance loop and the operator.
+-- passes the worker ids of deleted pods). The execution failed: the job retries after the retry
+-- policy's delay, exactly as a failure recorded by finish would; dead when its attempts are spent;
+-- cancelled when a cancel was requested (the request ends with its execution). Shared by the
+-- workers' maintenance service and the operator.
 WITH rescued AS (
     UPDATE skiplock.jobs j
-    SET state = CASE WHEN j.attempts >= j.max_attempts THEN 'dead' ELSE 'pending' END::skiplock.job_state,
+    SET state = CASE WHEN j.attempts >= j.max_attempts THEN 'dead'
+                     WHEN j.cancel_requested THEN 'cancelled'
+                     ELSE 'retry' END::skiplock.job_state,
+        run_at = CASE WHEN j.attempts < j.max_attempts AND NOT j.cancel_requested
+                      THEN now() + make_interval(secs => skiplock.retry_delay(%(retry_policy)s::jsonb, j.attempts))
+                      ELSE j.run_at END,
         last_error = CASE WHEN j.worker_id = ANY(%(gone_workers)s::text[])
                           THEN 'worker ' || j.worker_id || ' is gone'
                           ELSE 'lease expired on worker ' || j.worker_id END,
-        finished_at = CASE WHEN j.attempts >= j.max_attempts THEN now() END,
-        worker_id = NULL, lease_expires_at = NULL, updated_at = now()
+        finished_at = CASE WHEN j.attempts >= j.max_attempts OR j.cancel_requested THEN now() END,
+        cancel_requested = false, worker_id = NULL, lease_expires_at = NULL, updated_at = now()
     WHERE j.state = 'running'
       AND (j.lease_expires_at < now() OR j.worker_id = ANY(%(gone_workers)s::text[]))
-    RETURNING j.id, j.queue, j.state::text
+    RETURNING j.id, j.queue, j.state::text, j.run_at, j.notify_finish
 ), wake AS (
-    SELECT pg_notify('skiplock_jobs', q.queue) FROM (SELECT DISTINCT queue FROM rescued WHERE state = 'pending') q
+    SELECT pg_notify('skiplock_jobs', q.queue)
+    FROM (SELECT DISTINCT queue FROM rescued WHERE state = 'retry' AND run_at <= now()) q
+), notified AS (
+    SELECT pg_notify('skiplock_finished', id::text) FROM rescued WHERE notify_finish AND state <> 'retry'
 )
-SELECT id, queue, state, (SELECT count(*) FROM wake) AS woken FROM rescued;
+SELECT id, queue, state, (SELECT count(*) FROM wake) AS woken, (SELECT count(*) FROM notified) AS notified
+FROM rescued;
 
 -- name: forget_workers
 -- Drop worker rows not seen for a while (they stopped without saying so).
@@ -225,7 +249,7 @@ DELETE FROM skiplock.workers WHERE last_seen_at < now() - make_interval(secs => 
 WITH moved AS (
     DELETE FROM skiplock.jobs WHERE id IN (
         SELECT id FROM skiplock.jobs
-        WHERE state IN ('completed', 'dead', 'cancelled')
+        WHERE state IN {{finished}}
           AND finished_at < now() - make_interval(secs => CASE WHEN state = 'dead'
                                    THEN %(dead_after)s::float8 ELSE %(finished_after)s::float8 END)
         ORDER BY finished_at LIMIT %(limit)s
@@ -237,15 +261,16 @@ WITH moved AS (
 SELECT count(*) AS moved FROM kept;
 
 -- name: purge
--- Delete finished jobs of the given states older than the given age, from both tables.
+-- Delete finished jobs of the given states older than the given age, from both tables (whatever
+-- states are asked for, only finished jobs).
 WITH hot AS (
     DELETE FROM skiplock.jobs
-    WHERE state::text = ANY(%(states)s::text[])
+    WHERE state::text = ANY(%(states)s::text[]) AND state IN {{finished}}
       AND finished_at < now() - make_interval(secs => %(older_than)s)
     RETURNING 1
 ), hist AS (
     DELETE FROM skiplock.jobs_history
-    WHERE state::text = ANY(%(states)s::text[])
+    WHERE state::text = ANY(%(states)s::text[]) AND state IN {{finished}}
       AND finished_at < now() - make_interval(secs => %(older_than)s)
     RETURNING 1
 )
@@ -253,15 +278,17 @@ SELECT (SELECT count(*) FROM hot) + (SELECT count(*) FROM hist) AS purged;
 
 -- name: cancel
 -- Cancel: jobs that have not started never run; a running job gets cancel_requested, which its
--- handler sees through the next heartbeat (cooperative).
+-- handler sees through the next heartbeat (cooperative). The request lives as long as that
+-- execution: finish, rescue and release clear it, and end the job cancelled instead of running it
+-- again (docs/state-machine.md).
 WITH c AS (
     UPDATE skiplock.jobs
     SET state = CASE WHEN state = 'running' THEN state ELSE 'cancelled' END::skiplock.job_state,
-        cancel_requested = true,
+        cancel_requested = state = 'running',
         last_error = CASE WHEN state = 'running' THEN last_error ELSE %(reason)s END,
         finished_at = CASE WHEN state = 'running' THEN finished_at ELSE now() END,
         updated_at = now()
-    WHERE id = %(id)s AND state IN ('scheduled', 'blocked', 'pending', 'retry', 'running')
+    WHERE id = %(id)s AND state IN {{cancellable}}
     RETURNING id, state::text, notify_finish
 ), notified AS (
     SELECT pg_notify('skiplock_finished', id::text) FROM c WHERE notify_finish AND state = 'cancelled'
@@ -279,7 +306,7 @@ WITH r AS (
     UPDATE skiplock.jobs
     SET state = 'pending', attempts = 0, run_at = now(), finished_at = NULL, result = NULL,
         cancel_requested = false, worker_id = NULL, lease_expires_at = NULL, updated_at = now()
-    WHERE id = %(id)s AND state IN ('dead', 'cancelled', 'completed', 'retry', 'scheduled')
+    WHERE id = %(id)s AND state IN {{retryable}}
     RETURNING id, queue
 ), wake AS (SELECT pg_notify('skiplock_jobs', queue) FROM r)
 SELECT id, queue, (SELECT count(*) FROM wake) AS woken FROM r;
@@ -298,7 +325,7 @@ SELECT count(*) AS retried, (SELECT count(*) FROM wake) AS woken FROM r;
 -- name: watch
 -- A producer about to wait for a result asks for a NOTIFY when the job finishes.
 UPDATE skiplock.jobs SET notify_finish = true
-WHERE id = %(id)s AND state NOT IN ('completed', 'dead', 'cancelled')
+WHERE id = %(id)s AND state NOT IN {{finished}}
 RETURNING id;
 
 -- name: get_job
@@ -307,8 +334,17 @@ UNION ALL
 SELECT *, true AS archived FROM skiplock.jobs_history WHERE id = %(id)s;
 
 -- name: list_jobs
--- Newest first, from both tables, filtered by any of state, queue, type, tenant.
-SELECT * FROM (
+-- Newest first, from both tables, filtered by any of state, queue, type, tenant. With %(brief)s
+-- (list pages), the payload and result stay in the database (NULL here, never read from storage)
+-- and the error is cut to its first 4000 characters: a page costs the same whatever the jobs hold.
+SELECT j.id, j.queue, j.type, j.priority, j.state, j.run_at, j.attempts, j.max_attempts,
+       j.timeout_seconds, j.tenant, j.labels, j.dedup_key, j.depends_on, j.pending_deps,
+       j.cancel_requested, j.worker_id, j.lease_expires_at, j.created_at, j.updated_at, j.started_at,
+       j.finished_at, j.archived,
+       CASE WHEN %(brief)s THEN NULL ELSE j.payload END AS payload,
+       CASE WHEN %(brief)s THEN NULL ELSE j.result END AS result,
+       CASE WHEN %(brief)s THEN left(j.last_error, 4000) ELSE j.last_error END AS last_error
+FROM (
     SELECT *, false AS archived FROM skiplock.jobs
     UNION ALL
     SELECT *, true AS archived FROM skiplock.jobs_history
@@ -328,7 +364,7 @@ SELECT queue, state, count(*) AS jobs,
            AS oldest_pending_seconds
 FROM (
     SELECT queue, run_at,
-           CASE WHEN state IN ('scheduled', 'retry') AND run_at <= now() THEN 'pending'
+           CASE WHEN state IN {{timed}} AND run_at <= now() THEN 'pending'
                 ELSE state::text END AS state
     FROM skiplock.jobs
 ) j
@@ -344,7 +380,7 @@ SELECT queue, type,
            AS oldest_pending_seconds
 FROM skiplock.jobs
 WHERE queue = ANY(%(queues)s::text[])
-  AND (state = 'running' OR (state IN ('pending', 'scheduled', 'retry') AND run_at <= now()))
+  AND (state = 'running' OR (state IN {{runnable}} AND run_at <= now()))
 GROUP BY queue, type;
 
 -- name: in_flight_by_worker
@@ -388,7 +424,7 @@ WITH lim AS (
 ), cand AS (
     SELECT j.id, j.type, coalesce(j.tenant, '') AS tenant, j.priority, j.run_at
     FROM skiplock.jobs j
-    WHERE j.state IN ('pending', 'scheduled', 'retry')
+    WHERE j.state IN {{runnable}}
       AND j.queue = %(queue)s
       AND j.run_at <= now()
       AND (%(types)s::text[] IS NULL OR j.type = ANY(%(types)s::text[]))
@@ -539,7 +575,7 @@ ORDER BY q.queue;
 -- name: pending_by_priority
 -- Runnable jobs per queue and priority (the queue-overview dashboard's depth by priority).
 SELECT queue, priority, count(*) AS jobs FROM skiplock.jobs
-WHERE state IN ('pending', 'scheduled', 'retry') AND run_at <= now()
+WHERE state IN {{runnable}} AND run_at <= now()
 GROUP BY queue, priority;
 
 -- name: dependents
@@ -556,3 +592,16 @@ WHERE c.depends_on @> ARRAY[%(id)s::bigint]
               SELECT 1 FROM skiplock.jobs_history WHERE id = %(id)s AND has_dependents)
 ORDER BY c.id
 LIMIT %(limit)s;
+
+-- name: ui_session_create
+-- A job browser login: a new session, of which only a digest is stored; expired sessions go.
+WITH gone AS (DELETE FROM skiplock.ui_sessions WHERE expires_at < now())
+INSERT INTO skiplock.ui_sessions (digest, expires_at)
+VALUES (%(digest)s, now() + make_interval(secs => %(seconds)s));
+
+-- name: ui_session_valid
+SELECT true AS valid FROM skiplock.ui_sessions WHERE digest = %(digest)s AND expires_at > now();
+
+-- name: ui_session_revoke
+-- Logout: the session ends on every UI replica at once.
+DELETE FROM skiplock.ui_sessions WHERE digest = %(digest)s;

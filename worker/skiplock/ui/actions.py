@@ -10,7 +10,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
 from . import csrf
-from .auth import SESSION_COOKIE
+from .auth import SESSION_COOKIE, SESSION_SECONDS
 from .pages import BadRequest, auth_of, queue_of, render
 
 FAILED_LOGIN_DELAY = 0.5
@@ -87,13 +87,17 @@ async def login(request: Request) -> Response:
         await asyncio.sleep(FAILED_LOGIN_DELAY)
         return render(request, "login.html", {"next": target, "error": "Wrong token."}, 401)
     response = RedirectResponse(target, 303)
-    response.set_cookie(SESSION_COOKIE, auth.session_value(), httponly=True, samesite="strict",
-                        secure=request.url.scheme == "https")
+    # Secure when the browser came over https, as uvicorn saw it: directly, or through a proxy
+    # whose X-Forwarded-Proto it trusts (--forwarded-allow-ips).
+    response.set_cookie(SESSION_COOKIE, await auth.start_session(queue_of(request).db), max_age=SESSION_SECONDS,
+                        httponly=True, samesite="strict", secure=request.url.scheme == "https")
     return response
 
 
 async def logout(request: Request) -> Response:
-    await csrf.check(request, auth_of(request))
+    auth = auth_of(request)
+    await csrf.check(request, auth)
+    await auth.end_session(queue_of(request).db, request.cookies.get(SESSION_COOKIE, ""))
     response = RedirectResponse("/login", 303)
-    response.delete_cookie(SESSION_COOKIE, httponly=True, samesite="strict")
+    response.delete_cookie(SESSION_COOKIE, httponly=True, samesite="strict", secure=request.url.scheme == "https")
     return response

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -22,9 +22,10 @@ from ..errors import DatabaseUnavailable, InvalidJob, JobNotFound, SchemaMissing
 from ..migrate import require_current
 from ..queue import Queue
 from . import actions, views
-from .auth import Auth, AuthMiddleware, is_loopback
+from .auth import MIN_TOKEN_LENGTH, Auth, AuthMiddleware, is_loopback
 from .csrf import CsrfError
 from .headers import SecurityHeaders
+from .hosts import LOOPBACK_NAMES, HostCheck, default_allowed_hosts
 from .pages import HERE, BadRequest, make_templates, render
 
 log = logging.getLogger("skiplock.ui")
@@ -56,14 +57,17 @@ async def error_page(request: Request, exc: Exception) -> Response:
     else:
         status = next(code for kind, code in STATUS if isinstance(exc, kind))
         message = str(exc)
-    return render(request, "error.html", {"status": status, "message": message}, status)
+    return render(request, "error.html", {"status": status, "message": message, "notice": None}, status)
 
 
-def create_app(dsn: str, token: str | None = None, user: str | None = None,
-               password: str | None = None) -> Starlette:
-    """The job browser for the database at ``dsn``; with no credentials, anyone who can reach
-    it may use it (``run_ui`` allows that on loopback only)."""
+def create_app(dsn: str, token: str | None = None, user: str | None = None, password: str | None = None,
+               allowed_hosts: Sequence[str] = LOOPBACK_NAMES) -> Starlette:
+    """The job browser for the database at ``dsn``, answering to ``allowed_hosts`` only; with no
+    credentials, anyone who can reach it may use it (``run_ui`` allows that on loopback only)."""
     auth = Auth(token, user, password)
+    if "*" in allowed_hosts and not auth.enabled:
+        raise SkiplockError("--allowed-hosts '*' needs authentication: without it any web page could "
+                            "use the UI through DNS rebinding")
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -74,10 +78,34 @@ def create_app(dsn: str, token: str | None = None, user: str | None = None,
     handlers: dict[Any, ExceptionHandler] = {kind: error_page for kind, _ in STATUS}
     handlers[HTTPException] = error_page
     app = Starlette(routes=ROUTES, lifespan=lifespan, exception_handlers=handlers,
-                    middleware=[Middleware(SecurityHeaders), Middleware(AuthMiddleware, auth=auth)])
+                    middleware=[Middleware(SecurityHeaders), Middleware(HostCheck, allowed=allowed_hosts),
+                                Middleware(AuthMiddleware, auth=auth)])
     app.state.auth = auth
     app.state.templates = make_templates()
     return app
+
+
+def check_exposure(auth: Auth, host: str) -> None:
+    """Refuse to serve beyond loopback without credentials, or with a guessable token."""
+    if is_loopback(host):
+        return
+    if not auth.enabled:
+        raise SkiplockError(f"refusing to serve the UI on {host} without authentication: set "
+                            "SKIPLOCK_UI_TOKEN, or SKIPLOCK_UI_USER and SKIPLOCK_UI_PASSWORD (or use --host 127.0.0.1)")
+    if auth.token is not None and len(auth.token) < MIN_TOKEN_LENGTH:
+        raise SkiplockError(f"refusing to serve the UI on {host} with a {len(auth.token)}-character "
+                            f"SKIPLOCK_UI_TOKEN: off loopback it must have at least {MIN_TOKEN_LENGTH} "
+                            "(e.g. openssl rand -hex 24)")
+
+
+def server_config(app: Starlette, args: argparse.Namespace) -> Any:
+    """uvicorn's settings: X-Forwarded-Proto/-For are believed from ``--forwarded-allow-ips`` only."""
+    import uvicorn
+
+    forwarded = ",".join(args.forwarded_allow_ips) if getattr(args, "forwarded_allow_ips", None) else None
+    return uvicorn.Config(app, host=args.host, port=args.port, log_config=None, server_header=False,
+                          log_level=str(args.log_level).lower(), proxy_headers=True,
+                          forwarded_allow_ips=forwarded)
 
 
 def run_ui(args: argparse.Namespace) -> int:
@@ -85,18 +113,16 @@ def run_ui(args: argparse.Namespace) -> int:
     import uvicorn
 
     auth = Auth.from_env()
-    if not auth.enabled and not is_loopback(args.host):
-        raise SkiplockError(f"refusing to serve the UI on {args.host} without authentication: set "
-                            "SKIPLOCK_UI_TOKEN, or SKIPLOCK_UI_USER and SKIPLOCK_UI_PASSWORD (or use --host 127.0.0.1)")
+    check_exposure(auth, args.host)
+    allowed = getattr(args, "allowed_hosts", None) or default_allowed_hosts(args.host)
     dsn = resolve_dsn(args.database_url)
     with connect_sync(dsn, "client") as conn:
         require_current(conn)
-    app = create_app(dsn, auth.token, auth.user, auth.password)
+    app = create_app(dsn, auth.token, auth.user, auth.password, allowed_hosts=allowed)
     mode = ("token" if auth.token else "") + (" + " if auth.token and auth.basic else "") + \
         ("basic auth" if auth.basic else "")
-    log.info("job browser on http://%s:%d/ (auth: %s)", args.host, args.port, mode or "none, loopback only")
-    config = uvicorn.Config(app, host=args.host, port=args.port, log_config=None, server_header=False,
-                            log_level=str(args.log_level).lower())
-    server = uvicorn.Server(config)
+    log.info("job browser on http://%s:%d/ (auth: %s; hosts: %s)", args.host, args.port,
+             mode or "none, loopback only", ", ".join(allowed))
+    server = uvicorn.Server(server_config(app, args))
     server.run()
     return 0 if server.started else 1

@@ -1,4 +1,9 @@
-"""Who may use the UI: a token (header or login cookie) and/or HTTP basic auth credentials."""
+"""Who may use the UI: a token (header or login session) and/or HTTP basic auth credentials.
+
+A token login starts a session: a random cookie per login, of which the database keeps only a
+digest (``skiplock.ui_sessions``, so every replica knows it), ended at logout or after
+SESSION_SECONDS. The digest is keyed by the credentials: changing one ends every session.
+"""
 
 from __future__ import annotations
 
@@ -17,10 +22,13 @@ from starlette.requests import HTTPConnection
 from starlette.responses import PlainTextResponse, RedirectResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from ..errors import SkiplockError
+from ..database import Database
+from ..errors import DatabaseUnavailable, SkiplockError
 
 SESSION_COOKIE = "skiplock_session"
+SESSION_SECONDS = 12 * 3600
 OPEN_PATHS = ("/healthz", "/login", "/static/")
+MIN_TOKEN_LENGTH = 32  # off loopback: a token anyone who can reach the port may try to guess
 
 
 def is_loopback(host: str) -> bool:
@@ -80,23 +88,36 @@ class Auth:
     def sign(self, value: str) -> str:
         return hmac.new(self.key, value.encode(), hashlib.sha256).hexdigest()
 
-    def session_value(self) -> str:
-        """The login cookie's value (only ever issued after a correct token)."""
-        return self.sign("session")
+    def session_digest(self, cookie: str) -> bytes:
+        """What the database keeps of a session cookie."""
+        return hmac.new(self.key, f"session:{cookie}".encode(), hashlib.sha256).digest()
+
+    async def start_session(self, db: Database) -> str:
+        """A new session (after a correct token); returns its cookie, random to this login."""
+        cookie = secrets.token_urlsafe(32)
+        await db.execute("ui_session_create", {"digest": self.session_digest(cookie), "seconds": SESSION_SECONDS})
+        return cookie
+
+    async def end_session(self, db: Database, cookie: str) -> None:
+        if cookie:
+            await db.execute("ui_session_revoke", {"digest": self.session_digest(cookie)})
+
+    async def session_valid(self, db: Database, cookie: str) -> bool:
+        if not cookie or self.token is None:
+            return False
+        return bool(await db.execute("ui_session_valid", {"digest": self.session_digest(cookie)}))
 
     def check_token(self, given: str) -> bool:
         return self.token is not None and _same(given, self.token)
 
-    def allows(self, headers: Headers, cookies: dict[str, str]) -> bool:
-        """Whether a request carries valid credentials."""
+    def allows(self, headers: Headers) -> bool:
+        """Whether a request's Authorization header carries valid credentials."""
         if not self.enabled:
             return True
         scheme, _, value = headers.get("authorization", "").partition(" ")
         if scheme.lower() == "bearer" and self.check_token(value.strip()):
             return True
-        if scheme.lower() == "basic" and self.basic and self._check_basic(value.strip()):
-            return True
-        return self.token is not None and _same(cookies.get(SESSION_COOKIE, ""), self.session_value())
+        return scheme.lower() == "basic" and self.basic and self._check_basic(value.strip())
 
     def _check_basic(self, value: str) -> bool:
         try:
@@ -121,7 +142,13 @@ class AuthMiddleware:
             await self.app(scope, receive, send)
             return
         conn = HTTPConnection(scope)
-        if self.auth.allows(conn.headers, conn.cookies):
+        try:
+            allowed = self.auth.allows(conn.headers) or await self.auth.session_valid(
+                scope["app"].state.queue.db, conn.cookies.get(SESSION_COOKIE, ""))
+        except DatabaseUnavailable:
+            await PlainTextResponse("the database is unavailable: try again shortly\n", 503)(scope, receive, send)
+            return
+        if allowed:
             await self.app(scope, receive, send)
             return
         await self._refuse(conn)(scope, receive, send)

@@ -6,6 +6,8 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
+from ..models import printable_json
+
 MAX_JSON_CHARS = 100_000
 
 
@@ -41,8 +43,8 @@ def relative(value: datetime | None, now: datetime | None = None) -> str:
 
 
 def pretty_json(value: Any) -> str:
-    """Indented JSON, cut at ``MAX_JSON_CHARS`` characters."""
-    text = json.dumps(value, indent=2, ensure_ascii=False, default=str)
+    """Indented JSON, cut at ``MAX_JSON_CHARS`` characters (a note for one nested too deeply)."""
+    text = json.dumps(printable_json(value), indent=2, ensure_ascii=False, default=str)
     if len(text) > MAX_JSON_CHARS:
         return text[:MAX_JSON_CHARS] + f"\n... ({len(text) - MAX_JSON_CHARS} more characters)"
     return text

@@ -86,8 +86,10 @@ def render(request: Request, name: str, context: dict[str, Any], status: int = 2
     """Render a page with the CSRF form token (setting this browser's CSRF cookie if new)."""
     auth = auth_of(request)
     browser, new = csrf.browser_id(request)
-    context = {"notice": notice(request), "token_login": auth.token is not None, "nav": nav(request),
-               **context, "csrf": csrf.form_token(auth, browser)}
+    if "notice" not in context:
+        context = {**context, "notice": notice(request)}  # a bad ?n= is a 400 (whose page has none)
+    context = {"token_login": auth.token is not None, "nav": nav(request), **context,
+               "csrf": csrf.form_token(auth, browser)}
     templates: Jinja2Templates = request.app.state.templates
     response = templates.TemplateResponse(request, name, context, status_code=status)
     if new:

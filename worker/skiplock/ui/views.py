@@ -10,15 +10,16 @@ from urllib.parse import urlencode
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 
+from .. import states
 from ..errors import JobNotFound
 from ..models import JobRecord, State
 from .pages import BadRequest, int_param, queue_of, render
 
 STATES = [s.value for s in State]
 PAGE_SIZES = (20, 50, 100, 200)
-RETRYABLE = {"dead", "cancelled", "completed", "retry", "scheduled"}
-CANCELLABLE = {"scheduled", "blocked", "pending", "retry", "running"}
-LIVE = {"pending", "running"}  # the detail page refreshes itself while the job is in these states
+RETRYABLE = {s.value for s in states.RETRYABLE}
+CANCELLABLE = {s.value for s in states.CANCELLABLE}
+LIVE = {State.PENDING.value, State.RUNNING.value}  # the detail page refreshes itself in these states
 WORKER_SEEN_SECONDS = 120
 MAX_PARENTS = 50
 
@@ -85,7 +86,7 @@ async def jobs(request: Request) -> Response:
     page = int_param(request, "page", 1, 1, 1_000_000)
     q = queue_of(request)
     found, stats = await asyncio.gather(
-        q.list_jobs(**filters, limit=size + 1, offset=(page - 1) * size), q.stats())
+        q.list_jobs(**filters, limit=size + 1, offset=(page - 1) * size, brief=True), q.stats())
     active = {k: v for k, v in filters.items() if v is not None}
     if size != 50:
         active["size"] = str(size)

@@ -1,0 +1,55 @@
+"""The lease keeper: one statement per interval renews the lease of every held execution, records
+the worker as seen, and delivers cancel requests; an execution whose lease was lost is told to stop."""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import Any
+
+from .completer import Completer
+from .database import Database
+from .errors import DatabaseUnavailable
+from .executions import Executions
+from .metrics import WorkerMetrics
+from .queue import sleep_jittered
+from .service import Service, note_db_error
+
+
+class LeaseKeeper(Service):
+    """Heartbeats every ``every`` seconds (jittered, a little early) for ``worker_id``."""
+
+    name = "lease-keeper"
+
+    def __init__(self, db: Database, executions: Executions, completer: Completer, metrics: WorkerMetrics, *,
+                 worker_id: str, queues: list[str], types: list[str] | None, concurrency: int,
+                 lease_seconds: float, every: float) -> None:
+        super().__init__()
+        self.db, self.executions, self.completer, self.metrics = db, executions, completer, metrics
+        self.every = every
+        self._params: dict[str, Any] = {
+            "worker_id": worker_id, "queues": queues, "types": types, "hostname": socket.gethostname(),
+            "pid": os.getpid(), "concurrency": concurrency, "lease_seconds": lease_seconds}
+
+    async def run(self) -> None:
+        while True:
+            await sleep_jittered(self.every * 0.8)
+            await self.heartbeat()
+
+    async def heartbeat(self) -> None:
+        """Renew every held lease in one statement; deliver cancel requests; note lost leases."""
+        held_before = dict(self.executions.held)  # executions claimed meanwhile are not this statement's business
+        ids = sorted({job_id for job_id, _ in held_before})
+        try:
+            rows = await self.db.execute("heartbeat", {**self._params, "ids": ids})
+        except DatabaseUnavailable as exc:
+            note_db_error(self.metrics, "heartbeat", exc)
+            return
+        held = {(r["id"], r["attempts"]): r["cancel_requested"] for r in rows}
+        finishing = self.completer.buffered()
+        still = self.executions.held
+        for key, entry in held_before.items():
+            if key not in still:
+                continue  # finished meanwhile
+            if held.get(key) or (key not in held and key not in finishing):
+                entry.job._cancel.set()  # cancel requested, or this execution's lease was lost
