@@ -291,6 +291,10 @@ def build_parser() -> EnvParser:
     p.add_argument("--standalone", action="store_true", help="no leader election (a single operator)")
     p.add_argument("--no-migrate", action="store_true",
                    help="leave each JobQueue's database schema alone (default: migrate it when it is behind)")
+    p.add_argument("--pod-policy", choices=["enforce", "off"], default="enforce",
+                   help="enforce (default): refuse pools whose pods break the restricted Pod Security Standard "
+                        "or the tenancy rules, unless their namespace is labelled "
+                        "skiplock.dev/unrestricted-pools=true; off: check nothing")
     configure_env(parser)
     return parser
 
