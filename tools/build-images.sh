@@ -5,8 +5,8 @@
 #      made with debootstrap, cached as a tarball under $SKIPLOCK_IMAGE_CACHE, imported into buildah
 #      and tagged docker.io/library/python:3.11-slim -- the name the Dockerfiles use, which stay
 #      standard. Skipped when that image is already in buildah's storage.
-#   2. a wheelhouse in build/wheels (skiplock, its dependencies, setuptools and wheel), because pip
-#      cannot reach an index inside the build;
+#   2. a wheelhouse in build/wheels (the dependencies of skiplock and of the extras the images install,
+#      and the build backend pyproject.toml requires), because pip cannot reach an index inside the build;
 #   3. the images: skiplock-worker, skiplock-worker:gpu (target gpu) and skiplock-operator, tagged
 #      localhost/skiplock-*:$VERSION.
 #
@@ -35,6 +35,7 @@ INCLUDE=python3,python3-venv,ca-certificates
 BASE_NAME=docker.io/library/python:3.11-slim
 ROOTFS_TAR=$CACHE/rootfs-$SUITE-minbase-${INCLUDE//,/-}.tar
 PYTHON=${PYTHON:-python3}
+EXTRAS=binary,operator,ui # the union of the extras the Dockerfiles install
 TARGETS=("$@")
 [[ ${#TARGETS[@]} -gt 0 ]] || TARGETS=(worker worker-gpu operator)
 
@@ -50,7 +51,9 @@ fi
 for tool in buildah debootstrap; do
   command -v "$tool" >/dev/null || { echo "build-images.sh: $tool is required (apt-get install $tool)" >&2; exit 1; }
 done
-VERSION=${SKIPLOCK_IMAGE_TAG:-$(cd "$REPO" && $PYTHON -c 'import tomllib;print(tomllib.load(open("pyproject.toml","rb"))["project"]["version"])')}
+pyproject() { (cd "$REPO" && $PYTHON -c "import tomllib;p=tomllib.load(open('pyproject.toml','rb'));print($1)"); }
+VERSION=${SKIPLOCK_IMAGE_TAG:-$(pyproject 'p["project"]["version"]')}
+mapfile -t BUILD_REQUIRES < <(pyproject '"\\n".join(p["build-system"]["requires"])')
 REVISION=$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)
 CREATED=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 
@@ -86,13 +89,13 @@ ensure_base() {
 }
 
 wheelhouse() {
-  step "wheelhouse build/wheels (skiplock + dependencies + build backend)"
+  step "wheelhouse build/wheels (skiplock + the dependencies of every extra an image installs + build backend)"
   rm -rf "$REPO/build/wheels"
   mkdir -p "$REPO/build/wheels"
-  $PYTHON -m pip wheel --quiet --disable-pip-version-check --wheel-dir "$REPO/build/wheels" "$REPO" \
+  $PYTHON -m pip wheel --quiet --disable-pip-version-check --wheel-dir "$REPO/build/wheels" "$REPO[$EXTRAS]" \
     >"$REPO/build/wheels.log" 2>&1 || { tail -n 30 "$REPO/build/wheels.log" >&2; exit 1; }
   $PYTHON -m pip download --quiet --disable-pip-version-check --dest "$REPO/build/wheels" \
-    "setuptools>=69" wheel >&2
+    "${BUILD_REQUIRES[@]}" >&2
   rm -f "$REPO"/build/wheels/skiplock-*.whl # the build installs skiplock from the sources in the context
 }
 

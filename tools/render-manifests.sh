@@ -3,10 +3,12 @@
 # `helm template` and the chart's default values, one file per concern:
 #
 #   00-namespace.yaml   the skiplock-system namespace (Pod Security "restricted" enforced)
-#   01-crd.yaml         the JobQueue CRD, copied from charts/skiplock/crds/
+#   01-crd.yaml         the JobQueue CRD, a copy of charts/skiplock/files/crds/ (the plain file the
+#                       chart's templates/crds.yaml installs; no release labels, no keep policy)
 #   02-rbac.yaml        the operator's ServiceAccount, ClusterRole and ClusterRoleBinding
 #   03-operator.yaml    its ConfigMap, metrics Service and Deployment
 #   04-dashboards.yaml  the Grafana dashboard ConfigMaps
+#   05-policy.yaml      the worker pod policy (ValidatingAdmissionPolicy and binding)
 #
 # The chart is the source: edit it, run this, commit both. tests/ship/test_manifests.py re-renders
 # into a temporary directory and fails on any difference. Labels that only make sense for a Helm
@@ -61,9 +63,9 @@ EOF
 } >"$OUT/00-namespace.yaml"
 
 {
-  header "the JobQueue CustomResourceDefinition (a copy of charts/skiplock/crds/jobqueues.skiplock.dev.yaml)"
+  header "the JobQueue CustomResourceDefinition (a copy of charts/skiplock/files/crds/jobqueues.skiplock.dev.yaml)"
   echo "---"
-  cat "$CHART/crds/jobqueues.skiplock.dev.yaml"
+  cat "$CHART/files/crds/jobqueues.skiplock.dev.yaml"
 } >"$OUT/01-crd.yaml"
 
 {
@@ -80,5 +82,10 @@ EOF
   header "Grafana dashboards, as ConfigMaps for the Grafana sidecar (label grafana_dashboard=\"1\")"
   render dashboards.yaml
 } >"$OUT/04-dashboards.yaml"
+
+{
+  header "the tenancy guard: JobQueues whose pods would break the restricted Pod Security Standard are refused"
+  render policy.yaml
+} >"$OUT/05-policy.yaml"
 
 echo "rendered $(ls "$OUT"/0*.yaml | wc -l) files into $OUT" >&2

@@ -17,8 +17,9 @@ fi
 step "Python environment (.venv, $($PY --version))"
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
-extras=embedded
-[ "${1:-}" = "--test" ] && extras=test,ui,bench
+# binary: psycopg's self-contained driver (the application's choice; the demo and the tests take it).
+extras=binary,embedded
+[ "${1:-}" = "--test" ] && extras=binary,operator,ui,test,bench
 .venv/bin/python -m pip install -q -e ".[$extras]"
 
 [ "${1:-}" = "--test" ] || { step "done: run .venv/bin/skiplock demo"; exit 0; }

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ import yaml
 from skiplock.sync import enqueue
 from tests.k8s.cluster import Cluster
 from tests.ship.stack import Operator, wait_until
-from tests.ship.tools import CHART, REPO, need, run
+from tests.ship.tools import CHART, CRD_FILE, REPO, need, run
 
 MANIFESTS = REPO / "manifests"
 EXAMPLES = MANIFESTS / "examples"
@@ -155,10 +156,10 @@ def applied(k8s_cluster: Cluster) -> Iterator[Cluster]:
     """manifests/ applied as a user would (files in order, the CRD before anything uses it)."""
     out = k8s_cluster.kubectl("apply", "-f", str(MANIFESTS)).stdout
     assert "namespace/skiplock-system" in out and "customresourcedefinition" in out, out
-    k8s_cluster.kubectl("wait", "--for", "condition=established", "--timeout=30s", "crd/jobqueues.skiplock.dev")
+    k8s_cluster.wait_established("jobqueues.skiplock.dev")
     yield k8s_cluster
-    # The namespaced part goes; the CRD stays (other tests of the session use it).
-    for f in ("04-dashboards.yaml", "03-operator.yaml", "02-rbac.yaml", "00-namespace.yaml"):
+    # The namespaced part and the admission policy go; the CRD stays (other tests of the session use it).
+    for f in ("05-policy.yaml", "04-dashboards.yaml", "03-operator.yaml", "02-rbac.yaml", "00-namespace.yaml"):
         k8s_cluster.kubectl("delete", "-f", str(MANIFESTS / f), "--wait=false", "--ignore-not-found", check=False)
 
 
@@ -166,7 +167,13 @@ def test_manifests_apply_cleanly_and_idempotently(applied: Cluster) -> None:
     again = applied.kubectl("apply", "-f", str(MANIFESTS)).stdout
     assert all(line.endswith("unchanged") for line in again.splitlines()), again
     dry = applied.kubectl("apply", "--dry-run=server", "-f", str(EXAMPLES), "-n", "default").stdout
-    assert "jobqueue.skiplock.dev/app" in dry and "jobqueue.skiplock.dev/ml" in dry
+    assert "jobqueue.skiplock.dev/app" in dry and "jobqueue.skiplock.dev/ml" in dry  # admitted by the pod policy
+    policy = json.loads(applied.kubectl("get", "validatingadmissionpolicy", "skiplock-worker-pod-policy", "-o",
+                                        "json").stdout)
+    assert policy["status"]["typeChecking"] == {}, policy["status"]
+    crd = json.loads(applied.kubectl("get", "crd", "jobqueues.skiplock.dev", "-o", "json").stdout)
+    annotation = crd["metadata"]["annotations"]["kubectl.kubernetes.io/last-applied-configuration"]
+    assert len(annotation.encode()) < 262144 // 2, "the CRD nears kubectl apply's annotation limit"
 
 
 def test_manifests_bring_up_the_operator_deployment(applied: Cluster) -> None:
@@ -187,7 +194,7 @@ ALLOWED = [
     ("list", "deployments.apps", "apps"), ("create", "deployments.apps", "apps"),
     ("patch", "deployments.apps", "apps"), ("delete", "deployments.apps", "apps"),
     ("list", "pods", None), ("watch", "pods", None), ("get", "pods", "apps"), ("patch", "pods", "apps"),
-    ("get", "secrets", "apps"), ("create", "events", "apps"),
+    ("get", "secrets", "apps"), ("create", "events", "apps"), ("get", "namespaces/apps", None),
     ("create", "leases.coordination.k8s.io", SYSTEM), ("get", "leases.coordination.k8s.io/skiplock-operator", SYSTEM),
     ("update", "leases.coordination.k8s.io/skiplock-operator", SYSTEM),
 ]
@@ -233,25 +240,97 @@ def test_manifests_operator_works_with_its_serviceaccount(applied: Cluster, dsn:
     assert operator.proc is not None and operator.proc.returncode == 0, operator.tail()
 
 
+def test_manifests_operator_migrates_a_fresh_database(applied: Cluster, pg_admin_dsn: str, tmp_path: Path) -> None:
+    """The kubectl path has no Helm hook: a JobQueue applied next to an empty database gets its
+    schema from the operator (running with the install's ServiceAccount) before its pools scale."""
+    from tests.conftest import drop_database, fresh_database
+
+    empty = fresh_database(pg_admin_dsn, template="template0")
+    ns = f"fresh-{secrets.token_hex(3)}"
+    applied.kubectl("create", "namespace", ns)
+    applied.kubectl("-n", ns, "create", "secret", "generic", "skiplock-database",
+                    f"--from-literal=DATABASE_URL={empty}")
+    container = operator_container(objects(MANIFESTS))
+    kubeconfig = token_kubeconfig(applied, SYSTEM, "skiplock-operator", tmp_path / "sa.kubeconfig")
+    operator = Operator(kubeconfig, tmp_path / "operator.log", *local_args(container), pod_namespace=SYSTEM)
+    operator.start()
+    try:
+        operator.wait_healthy()
+        app = apply_example(applied, ns, EXAMPLES / "jobqueue-cpu.yaml")
+
+        def migrated_event() -> list[dict[str, Any]]:
+            found = json.loads(applied.kubectl("-n", ns, "get", "events", "--field-selector",
+                                               "reason=SchemaMigrated", "-o", "json").stdout)["items"]
+            return [e for e in found if e["involvedObject"]["name"] == app["metadata"]["name"]]
+
+        (event,) = wait_until(migrated_event, 90, "the SchemaMigrated event", state=lambda: operator.tail(10))
+        assert event["type"] == "Normal" and "0001_initial" in event["message"], event
+        with psycopg.connect(empty) as conn:
+            versions = [r[0] for r in conn.execute("SELECT version FROM skiplock.schema_migrations ORDER BY 1")]
+        assert versions == sorted(versions) and len(versions) == len(set(versions)) >= 1
+        with psycopg.connect(empty, autocommit=True) as conn:
+            enqueue(conn, "send", {}, queue=app["spec"]["queues"][0])
+        wait_until(lambda: deployment_status(applied, ns, "app-cpu").get("spec", {}).get("replicas", 0) >= 1, 90,
+                   "the pool scaled up for the job", state=lambda: operator.tail(10))
+        applied.kubectl("-n", ns, "delete", "jobqueue", "--all", "--timeout=60s")
+        assert not forbidden_lines(operator.log), "\n".join(forbidden_lines(operator.log))
+    finally:
+        operator.stop()
+        applied.kubectl("delete", "namespace", ns, "--wait=false", check=False)
+        drop_database(pg_admin_dsn, empty)
+
+
 # -- helm install ----------------------------------------------------------------------------------
 
 RELEASE, HELM_NS, WATCHED = "sk", "skiplock-helm", "team-a"
+MIGRATION = f"{RELEASE}-skiplock-migration"
+# The hook Job's pod runs on a kwok node, which "completes" Job pods without running them (the
+# real-node tier runs `skiplock migrate` for real): what is checked here is that the API server
+# admits it under the restricted standard, and that Helm runs it and cleans it up.
+ON_KWOK = {"nodeSelector": {"kubernetes.io/hostname": "cpu-1"}}
+HELM_VALUES = {
+    # A namespaced operator in a cluster whose CRD is managed elsewhere (as docs/install.md
+    # advises for every release but one): the CRD's own lifecycle is test_helm_upgrades_the_crd's.
+    "crds": {"install": False},
+    "operator": {"clusterWide": False, "watchNamespaces": [WATCHED]},
+    "database": {"url": "postgresql://skiplock@db.invalid/skiplock"},
+    "migration": ON_KWOK,
+    "ui": {"enabled": True},
+}
+
+
+def helm_run(cluster: Cluster, *args: str, check: bool = True, timeout: float = 180) -> str:
+    res = run([need("helm"), *args, "--kubeconfig", str(cluster.kubeconfig)], check=check, timeout=timeout)
+    return res.stdout + res.stderr
+
+
+def crd(cluster: Cluster) -> dict[str, Any]:
+    found: dict[str, Any] = json.loads(cluster.kubectl("get", "crd", "jobqueues.skiplock.dev", "-o", "json").stdout)
+    return found
+
+
+def printer_columns(cluster: Cluster) -> list[str]:
+    return [c["name"] for c in crd(cluster)["spec"]["versions"][0]["additionalPrinterColumns"]]
+
+
+def apply_crd_file(cluster: Cluster) -> None:
+    """The CRD from the plain file, with `kubectl apply` (what manifests/01-crd.yaml installs)."""
+    cluster.kubectl("apply", "-f", str(CRD_FILE))
+    cluster.wait_established("jobqueues.skiplock.dev")
 
 
 @pytest.fixture(scope="module")
 def installed(k8s_cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Cluster, str]]:
-    """``helm install`` of the chart: a namespaced operator watching team-a, and the UI, into a
-    namespace that enforces the restricted Pod Security Standard."""
+    """``helm install`` of the chart: a namespaced operator watching team-a, the UI, and the
+    migration hook, into a namespace that enforces the restricted Pod Security Standard."""
     helm = need("helm")
+    apply_crd_file(k8s_cluster)
     k8s_cluster.kubectl("create", "namespace", HELM_NS)
-    k8s_cluster.kubectl("label", "namespace", HELM_NS, "pod-security.kubernetes.io/enforce=restricted")
+    k8s_cluster.kubectl("label", "namespace", HELM_NS, "pod-security.kubernetes.io/enforce=restricted",
+                        "pod-security.kubernetes.io/warn=restricted")
     k8s_cluster.kubectl("create", "namespace", WATCHED, check=False)
     values = tmp_path_factory.mktemp("helm") / "values.yaml"
-    values.write_text(yaml.safe_dump({
-        "operator": {"clusterWide": False, "watchNamespaces": [WATCHED]},
-        "database": {"url": "postgresql://skiplock@db.invalid/skiplock"},
-        "ui": {"enabled": True},
-    }))
+    values.write_text(yaml.safe_dump(HELM_VALUES))
     kube = ["--kubeconfig", str(k8s_cluster.kubeconfig)]
     out = run([helm, "install", RELEASE, str(CHART), "--namespace", HELM_NS, "-f", str(values), "--wait",
                "--timeout", "120s", *kube], timeout=180).stdout
@@ -264,6 +343,10 @@ def installed(k8s_cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) ->
 def test_helm_install_brings_up_the_operator_and_its_notes_work(installed: tuple[Cluster, str]) -> None:
     cluster, out = installed
     assert "STATUS: deployed" in out, out
+    release = cluster.kubectl("-n", HELM_NS, "get", "secret", f"sh.helm.release.v1.{RELEASE}.v1", "-o",
+                              "jsonpath={.data.release}").stdout
+    print(f"helm release Secret: {len(release)} bytes of {1 << 20}")
+    assert len(release) < (1 << 20) // 2, "the release (chart and CRD included) nears the Secret size limit"
     notes = out.split("NOTES:", 1)[1]
     selector = notes.split("get pods -l ", 1)[1].split()[0]
     pod = wait_operator_pod(cluster, HELM_NS, selector)  # the NOTES' command finds the pod
@@ -288,7 +371,7 @@ def test_helm_namespaced_rbac(installed: tuple[Cluster, str]) -> None:
     cluster, _ = installed
     sa = f"system:serviceaccount:{HELM_NS}:{RELEASE}-skiplock-operator"
     for verb, resource in (("list", "jobqueues.skiplock.dev"), ("create", "deployments.apps"),
-                           ("get", "secrets"), ("watch", "pods")):
+                           ("get", "secrets"), ("watch", "pods"), ("get", "namespaces")):
         assert can_i(cluster, verb, resource, WATCHED, sa), (verb, resource)
         assert not can_i(cluster, verb, resource, "default", sa), (verb, resource, "outside its namespaces")
     assert not can_i(cluster, "list", "jobqueues.skiplock.dev", None, sa)
@@ -310,3 +393,79 @@ def test_helm_operator_works_with_its_serviceaccount(installed: tuple[Cluster, s
         prove_the_operator_works(cluster, WATCHED, dsn, operator)
     finally:
         operator.stop()
+
+
+def test_helm_install_ran_the_migration_hook(installed: tuple[Cluster, str]) -> None:
+    """Helm ran the hook (its Secret, then the Job) and, the Job having succeeded, deleted both."""
+    cluster, _ = installed
+    hooks = list(yaml.safe_load_all(helm_run(cluster, "get", "hooks", RELEASE, "--namespace", HELM_NS)))
+    kinds = {(h["kind"], h["metadata"]["name"]) for h in hooks if h}
+    assert {("Secret", MIGRATION), ("Job", MIGRATION)} <= kinds, kinds
+    for kind in ("job", "secret"):
+        gone = cluster.kubectl("-n", HELM_NS, "get", kind, MIGRATION, check=False)
+        assert gone.returncode != 0 and "NotFound" in gone.stderr, (kind, gone.stdout)
+
+
+def test_the_migration_job_and_the_pdb_are_admitted(installed: tuple[Cluster, str], tmp_path: Path) -> None:
+    """The hook objects and, with two operator replicas, the PodDisruptionBudget, as the chart
+    renders them for this release, through the API server's validation and Pod Security admission
+    (warn=restricted reports a violating pod template)."""
+    cluster, _ = installed
+    values = tmp_path / "values.yaml"
+    values.write_text(yaml.safe_dump({**HELM_VALUES, "operator": {**HELM_VALUES["operator"], "replicas": 2}}))
+    rendered = run([need("helm"), "template", RELEASE, str(CHART), "--namespace", HELM_NS, "-f", str(values),
+                    "--show-only", "templates/migration-job.yaml",
+                    "--show-only", "templates/poddisruptionbudget.yaml"]).stdout
+    res = cluster.kubectl("apply", "--dry-run=server", "-n", HELM_NS, "-f", "-", input=rendered)
+    assert f"job.batch/{MIGRATION} created (server dry run)" in res.stdout, res.stdout
+    assert f"secret/{MIGRATION} created (server dry run)" in res.stdout, res.stdout
+    assert f"poddisruptionbudget.policy/{RELEASE}-skiplock-operator created (server dry run)" in res.stdout
+    assert "violate" not in res.stderr, res.stderr
+
+
+# -- the CRD's lifecycle: installed, upgraded and kept by the release that owns it ---------------------
+
+def test_helm_upgrades_the_crd_and_uninstall_keeps_it(k8s_cluster: Cluster, tmp_path: Path) -> None:
+    cluster, owner, ns = k8s_cluster, "crd-owner", f"skiplock-crds-{secrets.token_hex(3)}"
+    apply_crd_file(cluster)  # as `kubectl apply -f manifests/` (or an older chart's crds/) left it: not Helm's
+    values = tmp_path / "values.yaml"
+    values.write_text(yaml.safe_dump({"operator": {"clusterWide": False, "watchNamespaces": [ns]}}))
+    install = ["install", owner, str(CHART), "--namespace", ns, "--create-namespace", "-f", str(values), "--wait"]
+    refused = helm_run(cluster, *install, check=False)
+    assert "CustomResourceDefinition" in refused and "ownership" in refused, refused
+    try:
+        helm_run(cluster, *install, "--take-ownership")  # docs/install.md: adopting the existing CRD
+        meta = crd(cluster)["metadata"]
+        assert meta["labels"]["app.kubernetes.io/instance"] == owner
+        assert meta["annotations"]["helm.sh/resource-policy"] == "keep"
+        assert meta["annotations"]["meta.helm.sh/release-name"] == owner
+
+        # A chart whose CRD has one more printer column: `helm upgrade` puts it in the cluster...
+        changed = tmp_path / "chart"
+        shutil.copytree(CHART, changed)
+        copy = changed / CRD_FILE.relative_to(CHART)
+        body = yaml.safe_load(copy.read_text())
+        body["spec"]["versions"][0]["additionalPrinterColumns"].append(
+            {"name": "Probe", "type": "string", "jsonPath": ".spec.queues[0]"})
+        copy.write_text(yaml.safe_dump(body, sort_keys=False))
+        generation = crd(cluster)["metadata"]["generation"]
+        # (Helm applies server-side; the fields kubectl set are still kubectl's, so the first upgrade
+        # after adopting needs --force-conflicts, as docs/install.md says; later ones do not.)
+        upgrade = ["upgrade", owner, str(changed), "--namespace", ns, "--reuse-values", "--wait"]
+        refused = helm_run(cluster, *upgrade, check=False)
+        assert "conflict" in refused and "kubectl-client-side-apply" in refused, refused
+        helm_run(cluster, *upgrade, "--force-conflicts")
+        assert "Probe" in printer_columns(cluster)
+        assert crd(cluster)["metadata"]["generation"] > generation
+        # ...and the chart's own CRD again takes it out.
+        helm_run(cluster, "upgrade", owner, str(CHART), "--namespace", ns, "--reuse-values", "--wait")
+        assert "Probe" not in printer_columns(cluster)
+
+        # Uninstalling leaves the CRD, and with it every JobQueue.
+        apply_example(cluster, ns, EXAMPLES / "jobqueue-cpu.yaml")
+        helm_run(cluster, "uninstall", owner, "--namespace", ns, "--wait")
+        assert crd(cluster)["metadata"]["name"] == "jobqueues.skiplock.dev"
+        assert cluster.kubectl("-n", ns, "get", "jobqueue", "app", check=False).returncode == 0
+    finally:
+        helm_run(cluster, "uninstall", owner, "--namespace", ns, check=False)
+        cluster.kubectl("delete", "namespace", ns, "--wait=false", check=False)

@@ -3,7 +3,8 @@
 - RBAC: the operator runs with exactly the chart's namespaced RBAC (a Role in the watched namespace,
   a Role for its Lease, nothing cluster-wide), talking to the API server through a recording proxy,
   through a scenario that exercises everything it does (create, scale up, annotate busy pods, rescue
-  the jobs of a deleted pod, scale down, drop a pool, release the JobQueue, lead through a Lease).
+  the jobs of a deleted pod, scale down, drop a pool, refuse a pool the pod policy forbids, release the
+  JobQueue, lead through a Lease).
   Every request it made is mapped to (API group, resource, verb): none was refused, none was
   cluster-scoped (a namespaced install needs no cluster-wide right), and every granted permission
   was used - nothing is granted "just in case".
@@ -53,6 +54,8 @@ class Call:
         if not m or (m["resource"] == "namespaces" and m["ns"] is None and m["name"] is None and False):
             return None
         group, ns, resource, name, sub = m["group"] or "", m["ns"], m["resource"], m["name"], m["sub"]
+        if not group and resource == "namespaces" and name:
+            ns = name  # a get of one namespace is authorized in that namespace (a Role there grants it)
         if self.path.startswith("/api/v1/namespaces/") and resource is not None and ns is None:
             return None
         watch = parse_qs(self.query).get("watch", ["false"])[0] in ("true", "1")
@@ -135,7 +138,7 @@ def render_rbac(release_ns: str, watched: str, lease: str) -> list[dict[str, Any
 @pytest.fixture(scope="module")
 def crd_cluster(k8s_cluster: Cluster) -> Cluster:
     k8s_cluster.kubectl("apply", "-f", str(CRD))
-    k8s_cluster.kubectl("wait", "--for", "condition=established", "--timeout=30s", "crd/jobqueues.skiplock.dev")
+    k8s_cluster.wait_established("jobqueues.skiplock.dev")
     return k8s_cluster
 
 
@@ -222,6 +225,10 @@ def exercise(api: Api, dsn: str) -> None:
     wait_for(costed, 60, "pod deletion costs")
     api.apply(jobqueue("lp", cpu_pool(concurrency=2, maxReplicas=3)))
     wait_for(lambda: "lp-gpu" not in api.deployments(), 60, "the gpu pool's Deployment deleted")
+    # A pool the pod policy refuses (no admission policy here): the namespace's labels are read.
+    api.apply(jobqueue("lp-root", cpu_pool(podSecurityContext={"runAsUser": 0})))
+    wait_for(lambda: api.condition("lp-root", "Ready").get("reason") == "PoolRefused", 60, "the pool refused")
+    api.cluster.kubectl("delete", "jq", "lp-root", "-n", api.ns, "--timeout=60s")
     api.cluster.kubectl("delete", "jq", "lp", "-n", api.ns, "--timeout=60s")  # the finalizer is released
 
 
@@ -259,9 +266,11 @@ def test_worker_pods_pass_the_restricted_pod_security_standard(crd_cluster: Clus
 
 
 def test_the_dsn_reaches_pods_only_through_a_secret() -> None:
-    """The chart (with a DSN given as a value, and the UI on) puts the DSN in exactly one object, a
-    Secret; every pod reads it through a secretKeyRef. The worker Deployments the operator writes do
-    the same (and the CRD refuses a JobQueue that sets DATABASE_URL inline: tests/k8s/test_operator.py)."""
+    """The chart (with a DSN given as a value, and the UI on) puts the DSN in Secrets only: the
+    database Secret, and the migration hook's own (the database Secret does not exist yet when Helm
+    runs the pre-install hook; Helm deletes the hook's once the Job succeeded). Every pod reads it
+    through a secretKeyRef. The worker Deployments the operator writes do the same (and the CRD
+    refuses a JobQueue that sets DATABASE_URL inline: tests/k8s/test_operator.py)."""
     from skiplock.operator import resources
     from skiplock.operator.spec import parse
     from tests.ship.tools import docs, template
@@ -270,14 +279,16 @@ def test_the_dsn_reaches_pods_only_through_a_secret() -> None:
     objects = docs(template({"database": {"url": f"postgresql://u:{password}@db.example/skiplock"},
                              "ui": {"enabled": True}}).stdout)
     holders = [f"{o['kind']}/{o['metadata']['name']}" for o in objects if password in json.dumps(o)]
-    assert len(holders) == 1 and holders[0].startswith("Secret/"), holders
-    deployments = [o for o in objects if o["kind"] == "Deployment"]
+    assert holders == ["Secret/skiplock-database", "Secret/skiplock-migration"], holders
+    migration = next(o for o in objects if o["kind"] == "Secret" and o["metadata"]["name"] == "skiplock-migration")
+    assert "hook-succeeded" in migration["metadata"]["annotations"]["helm.sh/hook-delete-policy"]
+    deployments = [o for o in objects if o["kind"] in ("Deployment", "Job")]
     spec = parse({"database": {"secretRef": {"name": "db"}}, "queues": ["q"],
                   "pools": [{"name": "cpu", "image": "w:1"}]})
     body = {"metadata": {"name": "jq", "namespace": "ns", "uid": "u"}, "apiVersion": "skiplock.dev/v1alpha1",
             "kind": "JobQueue"}
     deployments.append(resources.deployment(body, spec, spec.pools[0], 1))
-    assert len(deployments) == 3  # the operator, the UI, a pool's workers
+    assert len(deployments) == 4  # the operator, the UI, the migration Job, a pool's workers
     for dep in deployments:
         for container in dep["spec"]["template"]["spec"]["containers"]:
             for env in container.get("env", []):

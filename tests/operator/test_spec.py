@@ -15,7 +15,7 @@ from skiplock.operator.policy import DEFAULT_HEADROOM
 from skiplock.operator.spec import JobQueueSpec, ScalingOverride, parse
 
 ROOT = Path(__file__).resolve().parents[2]
-CRD = ROOT / "charts" / "skiplock" / "crds" / "jobqueues.skiplock.dev.yaml"
+CRD = ROOT / "charts" / "skiplock" / "files" / "crds" / "jobqueues.skiplock.dev.yaml"
 EXAMPLES = sorted((ROOT / "manifests" / "examples").glob("jobqueue-*.yaml"))
 
 

@@ -14,8 +14,10 @@ import yaml
 from .tools import (
     CHART,
     CI_VALUES,
+    CRD_FILE,
     NAMESPACE,
     RELEASE,
+    VERSION,
     Doc,
     find,
     helm,
@@ -66,7 +68,7 @@ def test_operator_deployment_defaults() -> None:
     assert spec["strategy"] == {"type": "Recreate"}
     pod = spec["template"]["spec"]
     (container,) = pod["containers"]
-    assert container["image"] == "ghcr.io/skiplock/skiplock-operator:0.1.0"
+    assert container["image"] == f"ghcr.io/skiplock/skiplock-operator:{VERSION}"
     assert container["args"] == ["--all-namespaces", "--peering=skiplock-operator", "--lease-duration=15",
                                  "--liveness-port=8080", "--metrics-port=9090"]
     env = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in container["env"]}
@@ -154,6 +156,12 @@ REJECTED = [
     ({"jobQueues": [{"name": "Q_1", "spec": {"queues": ["a"], "pools": [{"name": "p"}]}}]}, "/jobQueues/0/name"),
     ({"operator": {"watchNamespaces": "team-a"}}, "/operator/watchNamespaces"),
     ({"commonLabels": {"team": 7}}, "/commonLabels/team"),
+    ({"crds": {"install": "yes"}}, "/crds/install"),
+    ({"crds": {"annotations": {"a": 1}}}, "/crds/annotations/a"),
+    ({"migration": {"backoffLimit": -1}}, "/migration/backoffLimit"),
+    ({"migration": {"image": "x"}}, "image"),
+    ({"operator": {"podDisruptionBudget": {"maxUnavailable": 0}}}, "/operator/podDisruptionBudget/maxUnavailable"),
+    ({"operator": {"migrateDatabases": "no"}}, "/operator/migrateDatabases"),
 ]
 
 
@@ -292,7 +300,7 @@ def test_gpu_pool_scenario() -> None:
     assert jq["metadata"]["namespace"] == NAMESPACE
     assert jq["spec"]["database"] == {"secretRef": {"name": f"{RELEASE}-database", "key": "DATABASE_URL"}}
     images = {p["name"]: p["image"] for p in jq["spec"]["pools"]}
-    worker = "ghcr.io/skiplock/skiplock-worker:0.1.0"
+    worker = f"ghcr.io/skiplock/skiplock-worker:{VERSION}"
     assert images == {"cpu": worker, "gpu": f"{worker}-gpu"}
 
 
@@ -307,8 +315,18 @@ def test_existing_secret_scenario() -> None:
     assert env["DATABASE_URL"] == {"name": "skiplock-db", "key": "uri"}
     assert env["SKIPLOCK_UI_TOKEN"] == {"name": "skiplock-ui-token", "key": "token"}
     assert ui["containers"][0]["command"] == ["skiplock"]
-    assert ui["containers"][0]["args"] == ["ui", "--host", "0.0.0.0", "--port", "8000"]
+    assert ui["containers"][0]["args"][:5] == ["ui", "--host", "0.0.0.0", "--port", "8000"]
     assert ui["automountServiceAccountToken"] is False
+
+
+def test_ui_answers_to_its_service_names_loopback_and_the_allowed_hosts() -> None:
+    """The UI's Host allow-list (against DNS rebinding) lets in port-forward, the Service and an Ingress host."""
+    values = {"ui": {"enabled": True, "allowedHosts": ["jobs.example.com"]}, "database": {"url": "postgresql://u@db/x"}}
+    args = one(render(values), "Deployment", f"{RELEASE}-ui")["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[5] == "--allowed-hosts"
+    svc = f"{RELEASE}-ui"
+    assert args[6].split(",") == ["localhost", "127.0.0.1", "::1", svc, f"{svc}.{NAMESPACE}", f"{svc}.{NAMESPACE}.svc",
+                                  f"{svc}.{NAMESPACE}.svc.cluster.local", "jobs.example.com"]
 
 
 def test_ui_token_is_generated_when_not_given() -> None:
@@ -363,7 +381,8 @@ def test_namespaced_scenario_grants_nothing_cluster_wide() -> None:
     assert set(roles) == {("team-a", OPERATOR), ("team-b", OPERATOR), (NAMESPACE, f"{OPERATOR}-leader-election")}
     for ns in ("team-a", "team-b"):
         resources = {r for rule in roles[ns, OPERATOR]["rules"] for r in rule["resources"]}
-        assert resources == {"jobqueues", "jobqueues/status", "deployments", "pods", "secrets", "events"}
+        assert resources == {"jobqueues", "jobqueues/status", "deployments", "pods", "secrets", "events",
+                             "namespaces"}
     lease_rules = roles[NAMESPACE, f"{OPERATOR}-leader-election"]["rules"]
     assert {"resourceNames": ["skiplock-teams"]}.items() <= lease_rules[1].items()
     bindings = find(objects, "RoleBinding")
@@ -416,9 +435,10 @@ def test_rbac_is_least_privilege() -> None:
     secrets = {v for g, r, v in grants if r == "secrets"}
     assert secrets == {"get"}, "the operator reads the DSN Secret a JobQueue names; it never lists Secrets"
     assert not {v for g, r, v in grants if r == "jobqueues"} & {"create", "update", "delete"}
+    assert {v for g, r, v in grants if r == "namespaces"} == {"get"}, "a namespace's labels, never a list"
     assert {(g, r) for g, r, _ in grants} == {
         ("skiplock.dev", "jobqueues"), ("skiplock.dev", "jobqueues/status"), ("apps", "deployments"),
-        ("", "pods"), ("", "secrets"), ("", "events"), ("coordination.k8s.io", "leases")}
+        ("", "pods"), ("", "secrets"), ("", "events"), ("", "namespaces"), ("coordination.k8s.io", "leases")}
     binding = one(objects, "ClusterRoleBinding", OPERATOR)
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": OPERATOR, "namespace": NAMESPACE}]
 
@@ -444,15 +464,131 @@ def test_names_follow_overrides_and_stay_within_63_characters() -> None:
 
 def test_namespace_override() -> None:
     for o in render({"namespaceOverride": "elsewhere"}):
-        if o["kind"] not in ("ClusterRole", "ClusterRoleBinding"):
+        if o["kind"] not in ("ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition",
+                             "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"):
             assert o["metadata"]["namespace"] == "elsewhere", o["kind"]
 
 
 def test_chart_metadata() -> None:
     chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
     assert chart["apiVersion"] == "v2" and chart["type"] == "application"
-    crd = yaml.safe_load((CHART / "crds" / "jobqueues.skiplock.dev.yaml").read_text())
+    crd = yaml.safe_load(CRD_FILE.read_text())
     versions = [v["name"] for v in crd["spec"]["versions"]]
     annotated = yaml.safe_load(chart["annotations"]["artifacthub.io/crds"])
     assert [c["version"] for c in annotated] == versions[:1]
     assert Path(CHART / ".helmignore").exists()
+
+
+# -- the CRD: a template over the plain file, upgraded with the release, kept on uninstall ------------
+
+def test_crd_is_the_plain_file_with_the_release_metadata() -> None:
+    crd = one(render(), "CustomResourceDefinition")
+    plain = yaml.safe_load(CRD_FILE.read_text())
+    assert {k: v for k, v in crd.items() if k != "metadata"} == {k: v for k, v in plain.items() if k != "metadata"}
+    assert crd["metadata"]["name"] == plain["metadata"]["name"] == "jobqueues.skiplock.dev"
+    assert plain["metadata"]["labels"].items() <= crd["metadata"]["labels"].items()
+    assert crd["metadata"]["annotations"] == {"helm.sh/resource-policy": "keep"}
+    assert "namespace" not in crd["metadata"]
+
+
+def test_crd_values() -> None:
+    assert not find(render({"crds": {"install": False}}), "CustomResourceDefinition")
+    assert "annotations" not in one(render({"crds": {"keep": False}}), "CustomResourceDefinition")["metadata"]
+    crd = one(render({"crds": {"annotations": {"team": "platform"}}}), "CustomResourceDefinition")
+    assert crd["metadata"]["annotations"] == {"helm.sh/resource-policy": "keep", "team": "platform"}
+
+
+def test_nothing_is_left_in_crds_dir() -> None:
+    """Helm installs crds/ once and never upgrades it: the CRD must live in templates/ only."""
+    assert not (CHART / "crds").exists()
+
+
+# -- the migration Job: `skiplock migrate` for the chart's database, before install and upgrade -------
+
+MIGRATION = f"{RELEASE}-migration"
+HOOK = {"helm.sh/hook": "pre-install,pre-upgrade", "helm.sh/hook-delete-policy": "before-hook-creation,hook-succeeded"}
+
+
+def migration_job(objects: list[Doc]) -> Doc:
+    job = one(objects, "Job", MIGRATION)
+    assert job["apiVersion"] == "batch/v1"
+    annotations = job["metadata"]["annotations"]
+    assert HOOK.items() <= annotations.items()
+    pod = job["spec"]["template"]["spec"]
+    assert pod["restartPolicy"] == "Never" and pod["automountServiceAccountToken"] is False
+    (container,) = pod["containers"]
+    assert container["image"] == f"ghcr.io/skiplock/skiplock-worker:{VERSION}"
+    assert container["command"] == ["skiplock"] and container["args"] == ["migrate"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    sc = container["securityContext"]
+    assert sc["allowPrivilegeEscalation"] is False and sc["capabilities"] == {"drop": ["ALL"]}
+    assert sc["readOnlyRootFilesystem"] is True
+    assert job["spec"]["backoffLimit"] == 3 and job["spec"]["activeDeadlineSeconds"] == 600
+    return job
+
+
+def database_url_ref(job: Doc) -> dict[str, str]:
+    (env,) = [e for e in job["spec"]["template"]["spec"]["containers"][0]["env"] if e["name"] == "DATABASE_URL"]
+    ref: dict[str, str] = env["valueFrom"]["secretKeyRef"]
+    return ref
+
+
+def test_no_database_no_migration_job() -> None:
+    objects = render()
+    assert not find(objects, "Job") and not find(objects, "Secret")
+
+
+def test_migration_job_with_a_database_url_reads_it_from_a_hook_secret() -> None:
+    """At pre-install the chart's own database Secret does not exist yet: the Job's comes first."""
+    objects = render(files=[SCENARIOS["gpu-pool"]])
+    job = migration_job(objects)
+    secret = one(objects, "Secret", MIGRATION)
+    assert HOOK.items() <= secret["metadata"]["annotations"].items()
+    assert int(secret["metadata"]["annotations"]["helm.sh/hook-weight"]) < \
+        int(job["metadata"]["annotations"]["helm.sh/hook-weight"])
+    assert secret["stringData"] == one(objects, "Secret", f"{RELEASE}-database")["stringData"]
+    assert database_url_ref(job) == {"name": MIGRATION, "key": "DATABASE_URL"}
+    assert f"migrated by the Job {MIGRATION}" in notes(files=[SCENARIOS["gpu-pool"]])
+
+
+def test_migration_job_with_an_existing_secret_reads_it() -> None:
+    objects = render(files=[SCENARIOS["existing-secret"]])
+    assert database_url_ref(migration_job(objects)) == {"name": "skiplock-db", "key": "uri"}
+    assert not find(objects, "Secret")
+
+
+def test_migration_job_values() -> None:
+    url = {"database": {"url": "postgresql://u@db/x"}}
+    assert not find(render({**url, "migration": {"enabled": False}}), "Job")
+    job = one(render({**url, "global": {"imageRegistry": "mirror.example"},
+                      "worker": {"image": {"tag": "9.9.9"}},
+                      "migration": {"backoffLimit": 0, "activeDeadlineSeconds": 30,
+                                    "extraEnv": [{"name": "PGSSLMODE", "value": "verify-full"}],
+                                    "nodeSelector": {"pool": "system"}}}), "Job", MIGRATION)
+    pod = job["spec"]["template"]["spec"]
+    assert pod["containers"][0]["image"] == "mirror.example/ghcr.io/skiplock/skiplock-worker:9.9.9"
+    assert {"name": "PGSSLMODE", "value": "verify-full"} in pod["containers"][0]["env"]
+    assert pod["nodeSelector"] == {"pool": "system"}
+    assert (job["spec"]["backoffLimit"], job["spec"]["activeDeadlineSeconds"]) == (0, 30)
+
+
+# -- the operator: its PodDisruptionBudget with standbys, and its schema migrations -----------------------
+
+def test_pdb_only_with_more_than_one_operator() -> None:
+    assert not find(render(), "PodDisruptionBudget"), "one replica: a budget would block every drain"
+    objects = render(files=[SCENARIOS["namespaced"]])
+    pdb = one(objects, "PodDisruptionBudget", OPERATOR)
+    assert pdb["apiVersion"] == "policy/v1" and pdb["spec"]["maxUnavailable"] == 1
+    assert pdb["spec"]["selector"]["matchLabels"] == operator_deployment(objects)["spec"]["selector"]["matchLabels"]
+    assert not find(render({"operator": {"replicas": 3, "podDisruptionBudget": {"enabled": False}}}),
+                    "PodDisruptionBudget")
+
+
+def test_operator_migrates_databases_unless_told_not_to() -> None:
+    def args(values: dict[str, Any]) -> list[str]:
+        found: list[str] = operator_deployment(render(values))["spec"]["template"]["spec"]["containers"][0]["args"]
+        return found
+
+    assert "--no-migrate" not in args({})
+    assert "--no-migrate" in args({"operator": {"migrateDatabases": False}})

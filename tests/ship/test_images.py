@@ -1,10 +1,12 @@
 """The Dockerfiles: hadolint (always), and with ``-m images`` real buildah builds on a local
-debootstrap base, then ``skiplock --help`` and friends inside each image."""
+debootstrap base, then ``skiplock --help`` and friends inside each image: each image carries the
+extras it runs and not the others, and a command whose extra is missing says so in one line."""
 
 from __future__ import annotations
 
 import json
 import re
+import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,10 +14,13 @@ from typing import Any
 
 import pytest
 
-from .tools import REPO, need, run
+from .tools import REPO, VERSION, need, run
 
 DOCKERFILES = {"worker": REPO / "Dockerfile.worker", "operator": REPO / "Dockerfile.operator"}
 BUILD = REPO / "tools" / "build-images.sh"
+# The extras each image installs (pyproject.toml): the worker serves `skiplock ui` too (the chart runs
+# it in the worker image) and never the operator; both pin psycopg's self-contained driver.
+EXTRAS = {"worker": "binary,ui", "operator": "binary,operator"}
 OCI_LABELS = ("title", "description", "source", "licenses", "version", "revision", "created")
 
 
@@ -58,6 +63,8 @@ def test_dockerfile_shape(image: str) -> None:
     labels = " ".join(a for i, a in ins if i == "LABEL")
     for label in OCI_LABELS:
         assert f"org.opencontainers.image.{label}=" in labels
+    installs = re.findall(r'"/src\[([\w,]+)\]"', " ".join(a for i, a in ins if i == "RUN"))
+    assert installs == [EXTRAS[image]], "each image installs the extras it runs, and only those"
     runtime = ins[[n for n, (i, a) in enumerate(ins) if i == "FROM"][1]:]
     assert not [a for i, a in runtime if i == "RUN" and re.search(r"\b(pip|apt-get|gcc|make)\b", a)], \
         "the runtime stage installs nothing: build tools stay in the build stage"
@@ -108,16 +115,62 @@ def in_image(container: str, *argv: str) -> str:
     return buildah("run", "--isolation", "chroot", "--user", "10001:10001", container, "--", *argv, timeout=300)
 
 
+def attempt(container: str, *argv: str, user: str = "10001:10001") -> subprocess.CompletedProcess[str]:
+    """Run argv in the container; its exit status and output, whatever they are."""
+    return run(["bash", str(BUILD), "buildah", "run", "--isolation", "chroot", "--user", user, container, "--",
+                *argv], check=False, timeout=300)
+
+
+def one_line_error(res: subprocess.CompletedProcess[str]) -> str:
+    assert res.returncode == 1, (res.returncode, res.stdout, res.stderr)
+    assert "Traceback" not in res.stderr, res.stderr
+    # buildah adds its own lines ("subprocess exited with status 1"); the command's are skiplock's.
+    lines = [ln for ln in res.stderr.strip().splitlines() if "exit status" not in ln and "exited with status" not in ln]
+    assert len(lines) == 1 and lines[0].startswith("skiplock: error: "), res.stderr
+    return lines[0]
+
+
+SITE = "/opt/skiplock/lib/python3.11/site-packages"
+# What each image imports: its extras' modules resolve, the others' are absent.
+CARRIES = {"worker": ("starlette", "jinja2", "uvicorn", "psycopg_binary"),
+           "operator": ("kopf", "kubernetes", "aiohttp", "psycopg_binary")}
+
+
 @pytest.mark.images
 @pytest.mark.timeout(1500)
 @pytest.mark.parametrize("container", ["worker", "worker-gpu", "operator"], indirect=True)
-def test_skiplock_help_runs_in_the_image(container: str) -> None:
+def test_skiplock_help_runs_in_the_image(container: str, request: pytest.FixtureRequest) -> None:
     out = in_image(container, "skiplock", "--help")
     assert "A PostgreSQL job queue that lives natively in Kubernetes." in out
     assert "worker" in in_image(container, "skiplock", "worker", "--help")
     assert "--all-namespaces" in in_image(container, "skiplock", "operator", "--help")
-    # The operator's imports (kopf, kubernetes) resolve in the image.
-    in_image(container, "python3", "-c", "import skiplock.operator.main, skiplock.worker")
+    kind = "operator" if request.node.callspec.params["container"] == "operator" else "worker"
+    other = "worker" if kind == "operator" else "operator"
+    carried = CARRIES[kind]
+    absent = sorted(set(CARRIES[other]) - set(carried))
+    in_image(container, "python3", "-c", f"import skiplock.worker, {', '.join(carried)}")
+    found = in_image(container, "python3", "-c", "import importlib.util as u; "
+                     f"print([m for m in {absent!r} if u.find_spec(m)])")
+    assert found.strip() == "[]", f"the {kind} image carries modules of the other image: {found}"
+    if kind == "worker":  # the chart runs `skiplock ui` in the worker image
+        in_image(container, "python3", "-c", "import skiplock.ui.app")
+        line = one_line_error(attempt(container, "skiplock", "operator", "--standalone", "--namespace", "x"))
+        assert "needs the 'operator' extra" in line and "pip install 'skiplock[operator]'" in line, line
+    else:
+        in_image(container, "python3", "-c", "import skiplock.operator.main")
+        line = one_line_error(attempt(container, "skiplock", "ui"))
+        assert "needs the 'ui' extra" in line and "pip install 'skiplock[ui]'" in line, line
+
+
+@pytest.mark.images
+@pytest.mark.timeout(1500)
+@pytest.mark.parametrize("container", ["worker"], indirect=True)
+def test_no_driver_in_the_image_is_one_line(container: str) -> None:
+    """The base has no system libpq: without psycopg's binary wheel, psycopg has nothing to load."""
+    assert attempt(container, "sh", "-c", f"rm -rf {SITE}/psycopg_binary {SITE}/psycopg_binary-*",
+                   user="0:0").returncode == 0
+    line = one_line_error(attempt(container, "skiplock", "migrate"))
+    assert "no PostgreSQL driver" in line and "pip install 'skiplock[binary]'" in line, line
 
 
 @pytest.mark.images
@@ -144,7 +197,7 @@ def test_image_config(images: dict[str, Image], kind: str) -> None:
     labels = cfg["Labels"]
     for label in OCI_LABELS:
         assert labels.get(f"org.opencontainers.image.{label}"), label
-    assert labels["org.opencontainers.image.version"] == "0.1.0"
+    assert labels["org.opencontainers.image.version"] == VERSION
     assert labels["org.opencontainers.image.title"] == f"skiplock-{kind}"
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", labels["org.opencontainers.image.created"])
     env = dict(e.split("=", 1) for e in cfg["Env"])
@@ -162,5 +215,8 @@ def test_build_script_is_offline_ready() -> None:
     """The build reads wheels from build/wheels (no index inside the build) and the context is allow-listed."""
     text = BUILD.read_text()
     assert "PIP_FIND_LINKS=/src/build/wheels" in text
+    (union,) = re.findall(r"^EXTRAS=([\w,]+)", text, re.M)
+    assert set(union.split(",")) == {e for extras in EXTRAS.values() for e in extras.split(",")}, \
+        "the wheelhouse holds the dependencies of every extra an image installs"
     ignore = (REPO / ".dockerignore").read_text().splitlines()
     assert "*" in ignore and "!build/wheels/" in ignore and "!worker/" in ignore and "!operator/" in ignore

@@ -48,7 +48,7 @@ from .tools import CHART, alert_rules, need
 pytestmark = [pytest.mark.k8s, pytest.mark.timeout(900)]
 
 NS = "obs"
-CRD = CHART / "crds" / "jobqueues.skiplock.dev.yaml"
+CRD = CHART / "files" / "crds" / "jobqueues.skiplock.dev.yaml"
 DASHBOARDS = sorted((CHART / "dashboards").glob("*.json"))
 NODES = {"cpu-1": 0, "cpu-2": 0, "gpu-1": 1, "gpu-2": 1}
 IMAGE = "example.invalid/skiplock-worker:0.1.0"
@@ -99,7 +99,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
             c.add_node(name, gpus=gpus)
         c.wait_nodes_ready()
         c.kubectl("apply", "-f", str(CRD))
-        c.kubectl("wait", "--for", "condition=established", "--timeout=30s", "crd/jobqueues.skiplock.dev")
+        c.wait_established("jobqueues.skiplock.dev")
         yield c
 
 

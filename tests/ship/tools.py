@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import tomllib
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
@@ -25,6 +26,9 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "skiplock"
+CRD_FILE = CHART / "files" / "crds" / "jobqueues.skiplock.dev.yaml"  # the plain file templates/crds.yaml includes
+# The one version string (pyproject.toml); test_version.py checks that every copy follows it.
+VERSION: str = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
 CI_VALUES = sorted((CHART / "ci").glob("*-values.yaml"))
 RELEASE = "skiplock"
 NAMESPACE = "skiplock-system"

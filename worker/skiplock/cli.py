@@ -27,6 +27,7 @@ from .cli_env import EnvParser, check_library_env, configure_env, list_of
 from .db import RedactingFilter, connect_sync, redact, resolve_dsn
 from .durations import parse_duration
 from .errors import InvalidJob, SkiplockError, UnknownDependency
+from .extras import MissingDependency, needs
 from .migrate import migrate, require_current
 from .models import JobSpec, State, describe, make_spec
 from .progress import Progress
@@ -288,6 +289,12 @@ def build_parser() -> EnvParser:
     p.add_argument("--query-timeout", type=_duration_arg, default=5.0,
                    help="seconds a database query may take (default 5)")
     p.add_argument("--standalone", action="store_true", help="no leader election (a single operator)")
+    p.add_argument("--no-migrate", action="store_true",
+                   help="leave each JobQueue's database schema alone (default: migrate it when it is behind)")
+    p.add_argument("--pod-policy", choices=["enforce", "off"], default="enforce",
+                   help="enforce (default): refuse pools whose pods break the restricted Pod Security Standard "
+                        "or the tenancy rules, unless their namespace is labelled "
+                        "skiplock.dev/unrestricted-pools=true; off: check nothing")
     configure_env(parser)
     return parser
 
@@ -618,7 +625,8 @@ def cmd_limits(args: argparse.Namespace) -> int:
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
-    from .ui.app import run_ui
+    with needs("ui", "`skiplock ui`"):
+        from .ui.app import run_ui
 
     return run_ui(args)
 
@@ -630,7 +638,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_operator(args: argparse.Namespace) -> int:
-    from .operator.main import run_operator
+    with needs("operator", "`skiplock operator`"):
+        from .operator.main import run_operator
 
     return run_operator(args)
 
@@ -661,9 +670,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("skiplock: interrupted", file=sys.stderr)
         return 130
-    except (SkiplockError, OSError, psycopg.Error) as exc:
+    except (SkiplockError, MissingDependency, OSError, psycopg.Error) as exc:
         text = str(exc).strip()
-        message = text if isinstance(exc, SkiplockError) else (text.splitlines()[0] if text else repr(exc))
+        ours = isinstance(exc, (SkiplockError, MissingDependency))
+        message = text if ours else (text.splitlines()[0] if text else repr(exc))
         print(f"skiplock: error: {terminal_safe(redact(message, args.database_url))}", file=sys.stderr)
         return 1
     return 0

@@ -99,10 +99,11 @@ async def connect(dsn: str, role: str = "client") -> psycopg.AsyncConnection[dic
         return await psycopg.AsyncConnection.connect(dsn, **conn_kwargs(role))
 
 
-def connect_sync(dsn: str, role: str = "client") -> psycopg.Connection[dict[str, Any]]:
-    """One sync autocommit connection with dict rows (CLI, migrations)."""
+def connect_sync(dsn: str, role: str = "client", **settings: Any) -> psycopg.Connection[dict[str, Any]]:
+    """One sync autocommit connection with dict rows (CLI, migrations); ``settings`` are more
+    connection parameters (e.g. ``options="-c lock_timeout=30s"``)."""
     with wrap_db_errors():
-        return psycopg.Connection.connect(dsn, **conn_kwargs(role))
+        return psycopg.Connection.connect(dsn, **{**conn_kwargs(role), **settings})
 
 
 _raw_decode = json.JSONDecoder().raw_decode

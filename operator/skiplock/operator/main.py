@@ -27,6 +27,7 @@ from .kube import Kube, KubeError, load_api_client
 from .leader import LeaderElector, LeaseConfig
 from .metrics import OperatorMetrics
 from .runtime import Runtime
+from .schema import Schemas
 from .spec import GROUP
 
 log = logging.getLogger("skiplock.operator")
@@ -40,6 +41,8 @@ class Options:
     lease: LeaseConfig | None = None  # None: standalone, no leader election
     query_timeout: float = 5.0
     host: str = "0.0.0.0"
+    migrate: bool = True  # bring each JobQueue's database schema up to date before scaling
+    pod_policy: bool = True  # refuse pools whose pods break podpolicy's rules
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Options:
@@ -54,7 +57,8 @@ class Options:
             identity = os.environ.get("POD_NAME") or f"{socket.gethostname()}-{secrets.token_hex(3)}"
             lease = LeaseConfig(args.lease_namespace or own or (namespaces[0] if namespaces else "default"),
                                 args.peering, identity, args.lease_duration)
-        return cls(namespaces, args.metrics_port, args.liveness_port, lease, args.query_timeout)
+        return cls(namespaces, args.metrics_port, args.liveness_port, lease, args.query_timeout,
+                   migrate=not args.no_migrate, pod_policy=args.pod_policy == "enforce")
 
 
 def settings() -> kopf.OperatorSettings:
@@ -105,7 +109,9 @@ def run_operator(args: argparse.Namespace) -> int:
 
 
 async def operate(options: Options) -> int:
-    rt = Runtime(Kube(load_api_client()), Databases(options.query_timeout), OperatorMetrics())
+    rt = Runtime(Kube(load_api_client()), Databases(options.query_timeout), OperatorMetrics(),
+                 schemas=Schemas(enabled=options.migrate, connect_timeout=options.query_timeout),
+                 pod_policy=options.pod_policy)
     health = Health()
     ports = {options.metrics_port} | ({options.liveness_port} if options.liveness_port is not None else set())
     servers: list[ThreadingHTTPServer] = [

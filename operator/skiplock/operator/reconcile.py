@@ -11,7 +11,7 @@ from typing import Any
 
 from skiplock.errors import DatabaseUnavailable, SchemaMissing
 
-from . import policy, resources, schedules
+from . import podpolicy, policy, resources, schedules
 from .db import InvalidDsn, redact
 from .kube import KubeError
 from .observe import Caps, PodCounts, PodIndex, PodInfo, concurrency_caps, count, demand, pods_of
@@ -20,7 +20,7 @@ from .spec import InvalidSpec, JobQueueSpec, Pool, parse
 from .status import RESOLVED, Problem, conditions, parse_timestamp, summary, timestamp
 
 log = logging.getLogger("skiplock.operator")
-SECRET_MAX_AGE = 30.0  # seconds between reads of the database Secret
+SECRET_MAX_AGE = 30.0  # seconds between reads of the database Secret (and of the namespace's labels)
 
 
 async def poll(rt: Runtime, jq: JobQueueState, body: Mapping[str, Any], pods: PodIndex) -> None:
@@ -74,6 +74,8 @@ async def _observe(rt: Runtime, jq: JobQueueState, spec: JobQueueSpec, problems:
             jq.dsn, jq.dsn_read_at = dsn, time.monotonic()
             rt.dsns[jq.key] = dsn
         assert jq.queue is not None
+        if applied := await rt.schemas.ensure(jq.dsn):
+            rt.event(jq.ref, "Normal", "SchemaMigrated", f"database schema migrated: {', '.join(applied)}")
         rows = await rt.databases.call(jq.queue.depth(spec.queues))
         caps = concurrency_caps(await rt.databases.call(jq.queue.limits()))
     except KubeError as exc:
@@ -86,6 +88,7 @@ async def _observe(rt: Runtime, jq: JobQueueState, spec: JobQueueSpec, problems:
                                               "PostgreSQL connection string"))
         return None
     except SchemaMissing as exc:
+        rt.schemas.forget(jq.dsn)  # found current once, gone since: check (and migrate) again
         problems.append(Problem("DatabaseSchemaMissing", str(exc)))
         rt.metrics.database_up.labels(jq.namespace, jq.name).set(0)
         return None
@@ -141,13 +144,24 @@ async def _pool(rt: Runtime, jq: JobQueueState, body: Mapping[str, Any], spec: J
     if existing is not None and not _owned(existing, body):
         problems.append(_conflict(name, pool))
         return entry
+    refused = await _refused(rt, jq, pool)
+    if refused is not None:
+        problems.append(refused)
+        return entry
     pods = pods_of(index, jq.namespace, jq.name, pool.name)
     counts = count(pods)
     current = int(existing["spec"].get("replicas", 1)) if existing is not None else 0
     decision = _decide(jq, spec, pool, observed, current, counts, before, now, entry) if observed else None
     wanted = decision.replicas if decision else (current if existing is not None else pool.min_replicas)
 
-    replicas = await _apply(rt, jq, body, spec, pool, existing, wanted, pods)
+    try:
+        replicas = await _apply(rt, jq, body, spec, pool, existing, wanted, pods)
+    except KubeError as exc:
+        if not exc.invalid:
+            raise
+        problems.append(Problem("PoolRefused", f"pool {pool.name} not deployed: the API server refused its "
+                                               f"Deployment: {exc}", key=pool.name))
+        return entry
     if replicas is None:
         problems.append(_conflict(name, pool))
         return entry
@@ -162,6 +176,39 @@ async def _pool(rt: Runtime, jq: JobQueueState, body: Mapping[str, Any], spec: J
                  held=bool(decision and decision.held))
     _export(rt, jq, pool, entry)
     return {k: v for k, v in entry.items() if v is not None}
+
+
+async def _refused(rt: Runtime, jq: JobQueueState, pool: Pool) -> Problem | None:
+    """Why the pool's pods are not written, if they are not: its template sets what the operator
+    owns, or (``rt.pod_policy``) its pods break ``podpolicy``'s rules in a namespace that does not
+    allow it. Its Deployment, if any, is then left as it is: not updated, not scaled."""
+    found = resources.conflicts(jq.name, pool)
+    broken = podpolicy.violations([pool.model_dump(by_alias=True, exclude_none=True, mode="json")]) \
+        if rt.pod_policy else []
+    note = ""
+    if broken:
+        exempt, note = await _exempt(rt, jq)
+        if exempt:
+            broken = []
+        else:
+            note = f" (the namespace label {podpolicy.EXEMPT_LABEL}=true allows the pod security ones{note})"
+    if not found and not broken:
+        return None
+    return Problem("PoolRefused", f"pool {pool.name} not deployed: " + "; ".join(found + broken) + note,
+                   key=pool.name)
+
+
+async def _exempt(rt: Runtime, jq: JobQueueState) -> tuple[bool, str]:
+    """Whether the JobQueue's namespace allows unrestricted pools (its labels, read at most every
+    ``SECRET_MAX_AGE`` seconds), and why not known when the API server would not say."""
+    now = time.monotonic()
+    if jq.exempt_read_at is None or now - jq.exempt_read_at > SECRET_MAX_AGE:
+        try:
+            labels = await rt.kube.namespace_labels(jq.namespace)
+        except KubeError as exc:
+            return False, f"; its labels could not be read: {exc}"
+        jq.exempt, jq.exempt_read_at = labels.get(podpolicy.EXEMPT_LABEL) == "true", now
+    return jq.exempt, ""
 
 
 def _decide(jq: JobQueueState, spec: JobQueueSpec, pool: Pool, observed: Observed, current: int,

@@ -18,6 +18,7 @@ from .db import Databases
 from .kube import Kube
 from .metrics import OperatorMetrics
 from .schedules import SyncState
+from .schema import Schemas
 from .spec import JobQueueSpec
 
 Key = tuple[str, str]  # (namespace, name)
@@ -42,6 +43,8 @@ class JobQueueState:
     queue: Queue | None = None
     dsn: str = field(default="", repr=False)
     dsn_read_at: float = 0.0
+    exempt: bool = False  # the namespace allows unrestricted pools (podpolicy.EXEMPT_LABEL)
+    exempt_read_at: float | None = None  # when that was read (monotonic); None: never
     policies: dict[str, policy.PolicyState] = field(default_factory=dict)
     problems: dict[str, str] = field(default_factory=dict)  # Problem.id -> reason, as last reported
     written: dict[str, Any] | None = None  # the status as last written (None: not read yet)
@@ -73,6 +76,8 @@ class Runtime:
     databases: Databases
     metrics: OperatorMetrics
     event: EventSink = kopf_event
+    schemas: Schemas = field(default_factory=Schemas)  # each JobQueue's database migrated before use
+    pod_policy: bool = True  # refuse pools whose pods break podpolicy's rules (--pod-policy)
     jobqueues: dict[Key, JobQueueState] = field(default_factory=dict)
     # The DSN each JobQueue last read, kept past ``forget`` for the deletion handler (a namespace's
     # deletion may remove the Secret before the JobQueue's schedules are removed).

@@ -1,6 +1,6 @@
 """The JobQueue custom resource as typed models (``skiplock.dev/v1alpha1``).
 
-The CRD's OpenAPI schema (charts/skiplock/crds/jobqueues.skiplock.dev.yaml) is what the API server
+The CRD's OpenAPI schema (charts/skiplock/files/crds/jobqueues.skiplock.dev.yaml) is what the API server
 enforces; these models read what it admitted, with the same defaults (a unit test keeps the two
 in step). Unknown fields are ignored, so a newer CRD does not break an older operator.
 
@@ -84,6 +84,20 @@ class Resources(_Model):
     limits: dict[str, int | str] = Field(default_factory=dict)
 
 
+class TemplateMetadata(_Model):
+    labels: dict[str, str] | None = None
+    annotations: dict[str, str] | None = None
+
+
+class PodTemplate(_Model):
+    """A pool's ``template``: a PodTemplateSpec, checked by the API server against the upstream
+    schema (tools/podtemplate_schema.py); the pod spec is kept as the API server admitted it and
+    merged by ``skiplock.operator.podtemplate``."""
+
+    metadata: TemplateMetadata = Field(default_factory=TemplateMetadata)
+    spec: dict[str, Any] = Field(default_factory=dict)
+
+
 class Pool(_Model):
     name: str = Field(min_length=1, max_length=20)
     job_types: list[str] = Field(default_factory=list)
@@ -102,6 +116,7 @@ class Pool(_Model):
     pod_security_context: dict[str, Any] | None = None
     security_context: dict[str, Any] | None = None
     termination_grace_period_seconds: int = Field(default=60, ge=5)
+    template: PodTemplate | None = None
     scaling: ScalingOverride = Field(default_factory=ScalingOverride)
 
 
