@@ -423,3 +423,19 @@ async def test_the_sql_api_enqueues_with_the_same_rules(queue: Queue, dsn: str) 
     later = sql(dsn, "SELECT skiplock.enqueue('t', run_at => now() + interval '1 hour')")[0][0]
     assert (await queue.get(later)).state == State.SCHEDULED
     assert sql(dsn, "SELECT skiplock.api_version()") == [(1,)]
+
+
+def test_migrate_rewrites_statements_that_are_out_of_date(dsn: str) -> None:
+    from skiplock import SchemaMissing
+    from skiplock.db import connect_sync
+    from skiplock.migrate import migrate, require_current
+
+    sql(dsn, "UPDATE skiplock.statements SET body = body || ' ' WHERE name = 'finish'")  # an older version's
+    with connect_sync(dsn) as conn:
+        with pytest.raises(SchemaMissing, match="skiplock migrate"):
+            require_current(conn)
+        assert migrate(conn) == []  # no migration to apply, the statements rewritten
+        require_current(conn)
+    sql(dsn, "DELETE FROM skiplock.statements WHERE name = 'claim'")
+    with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState, match="run `skiplock migrate`"):
+        sql(dsn, "SELECT * FROM skiplock.claim('default', 'w')")
