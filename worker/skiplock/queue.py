@@ -312,6 +312,17 @@ class Queue:
         rows = await self._fetch("replace_queue", settings.row(source))
         return QueueSettings.from_row(rows[0])
 
+    async def sync_queue_settings(self, source: str, settings: Sequence[QueueSettings],
+                                  keep_also: Sequence[str] = ()) -> list[str]:
+        """Make the settings of ``source`` exactly ``settings`` (e.g. a JobQueue's spec.queueSettings),
+        leaving the queues named in ``keep_also`` as stored; returns the queues whose settings were removed."""
+        async with self.transaction() as conn:
+            for one in settings:
+                await self.db.execute("replace_queue", one.row(source), conn)
+            rows = await self.db.execute("remove_queues_of_source", {
+                "source": source, "keep": [s.name for s in settings] + list(keep_also)}, conn)
+        return [r["name"] for r in rows]
+
     async def remove_queue(self, name: str) -> bool:
         """Drop a queue's settings (its jobs stay); False if it had none."""
         return bool(await self._fetch("remove_queue", {"name": name}))

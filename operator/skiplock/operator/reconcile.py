@@ -11,7 +11,7 @@ from typing import Any
 
 from skiplock.errors import DatabaseUnavailable, SchemaMissing
 
-from . import podpolicy, policy, resources, schedules
+from . import podpolicy, policy, queuesettings, resources, schedules
 from .db import InvalidDsn, redact
 from .kube import KubeError
 from .observe import Caps, PodCounts, PodIndex, PodInfo, concurrency_caps, count, demand, pods_of
@@ -45,6 +45,7 @@ async def poll(rt: Runtime, jq: JobQueueState, body: Mapping[str, Any], pods: Po
             pools.append(await _pool(rt, jq, body, spec, pool, existing.get(name), observed, pods, now, problems))
         await _remove_stale(rt, jq, spec, existing.values())
         problems.extend(await _schedules(rt, jq, spec, reachable=observed is not None))
+        problems.extend(await _queue_settings(rt, jq, spec, reachable=observed is not None))
     except InvalidSpec as exc:
         problems.append(Problem("InvalidSpec", f"spec: {exc}"))
     except KubeError as exc:
@@ -116,6 +117,22 @@ async def _schedules(rt: Runtime, jq: JobQueueState, spec: JobQueueSpec, reachab
         message = redact(f"{type(exc).__name__}: {exc}", jq.dsn)
     return [*schedules.declared(spec)[1], Problem("ScheduleSyncFailed", f"schedules not synced: {message}",
                                                   blocking=False)]
+
+
+async def _queue_settings(rt: Runtime, jq: JobQueueState, spec: JobQueueSpec, reachable: bool) -> list[Problem]:
+    """Sync ``spec.queueSettings`` into the database, as ``_schedules`` does ``spec.schedules``."""
+    if not reachable:
+        return queuesettings.declared(spec)[1]
+    try:
+        return await queuesettings.sync(rt, jq, spec, time.monotonic())
+    except (DatabaseUnavailable, SchemaMissing) as exc:
+        message = redact(str(exc), jq.dsn)
+    except Exception as exc:
+        if "QueueSettingsSyncFailed" not in jq.problems.values():
+            log.exception("%s/%s: queue settings sync failed", jq.namespace, jq.name)
+        message = redact(f"{type(exc).__name__}: {exc}", jq.dsn)
+    return [*queuesettings.declared(spec)[1],
+            Problem("QueueSettingsSyncFailed", f"queue settings not synced: {message}", blocking=False)]
 
 
 # -- one pool -------------------------------------------------------------------------------------

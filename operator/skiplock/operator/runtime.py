@@ -17,6 +17,7 @@ from . import policy
 from .db import Databases
 from .kube import Kube
 from .metrics import OperatorMetrics
+from .queuesettings import SyncState as QueueSettingsState
 from .schedules import SyncState
 from .schema import Schemas
 from .spec import JobQueueSpec
@@ -49,6 +50,7 @@ class JobQueueState:
     problems: dict[str, str] = field(default_factory=dict)  # Problem.id -> reason, as last reported
     written: dict[str, Any] | None = None  # the status as last written (None: not read yet)
     schedules: SyncState = field(default_factory=SyncState)
+    queue_settings: QueueSettingsState = field(default_factory=QueueSettingsState)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property

@@ -725,6 +725,10 @@ RETURNING *;
 -- name: remove_queue
 DELETE FROM skiplock.queues WHERE name = %(name)s RETURNING name;
 
+-- name: remove_queues_of_source
+-- Sync from a declaration (a JobQueue's spec.queueSettings): drop what it no longer declares.
+DELETE FROM skiplock.queues WHERE source = %(source)s AND NOT (name = ANY(%(keep)s::text[])) RETURNING name;
+
 -- name: list_queues
 -- Every queue that has settings or jobs, with its settings (NULL: the default).
 SELECT n.name, q.max_attempts, q.ttl_seconds, q.result_ttl_seconds, q.failure_ttl_seconds, q.retry_policy,
