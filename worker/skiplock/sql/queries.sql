@@ -108,7 +108,8 @@ WITH f AS (
 ), done AS (
     UPDATE skiplock.jobs j
     SET state = CASE
-            WHEN f.outcome <> 'failed' THEN f.outcome  -- completed, cancelled, dead: as said
+            -- completed, cancelled, dead: as said
+            WHEN f.outcome <> 'failed' THEN f.outcome
             WHEN j.attempts >= j.max_attempts THEN 'dead'
             WHEN j.cancel_requested THEN 'cancelled'
             ELSE 'retry' END::skiplock.job_state,
