@@ -8,6 +8,7 @@
 #   02-rbac.yaml        the operator's ServiceAccount, ClusterRole and ClusterRoleBinding
 #   03-operator.yaml    its ConfigMap, metrics Service and Deployment
 #   04-dashboards.yaml  the Grafana dashboard ConfigMaps
+#   05-policy.yaml      the worker pod policy (ValidatingAdmissionPolicy and binding)
 #
 # The chart is the source: edit it, run this, commit both. tests/ship/test_manifests.py re-renders
 # into a temporary directory and fails on any difference. Labels that only make sense for a Helm
@@ -81,5 +82,10 @@ EOF
   header "Grafana dashboards, as ConfigMaps for the Grafana sidecar (label grafana_dashboard=\"1\")"
   render dashboards.yaml
 } >"$OUT/04-dashboards.yaml"
+
+{
+  header "the tenancy guard: JobQueues whose pods would break the restricted Pod Security Standard are refused"
+  render policy.yaml
+} >"$OUT/05-policy.yaml"
 
 echo "rendered $(ls "$OUT"/0*.yaml | wc -l) files into $OUT" >&2

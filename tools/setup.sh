@@ -29,6 +29,7 @@ extras=binary,embedded
 # libseccomp-dev (runc), containernetworking-plugins (CNI bridge), iptables, iproute2.
 APT_PACKAGES=(prometheus chromium buildah debootstrap unzip gcc libc6-dev libseccomp-dev containernetworking-plugins
   iptables iproute2)
+command -v npm >/dev/null || APT_PACKAGES+=(nodejs npm)  # the TypeScript client's tests (clients/typescript)
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   missing=()
   for p in "${APT_PACKAGES[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
@@ -37,6 +38,10 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   fi
+fi
+if command -v npm >/dev/null; then
+  step "TypeScript client: npm ci (clients/typescript)"
+  (cd clients/typescript && npm ci --no-audit --no-fund --loglevel=error)
 fi
 for script in tools/install-helm.sh tools/k8s/build.sh tools/k8s/build-node.sh; do
   if [ -f "$script" ]; then step "$script"; bash "$script"; fi

@@ -22,6 +22,8 @@ ROOT = Path(__file__).resolve().parents[2]
 CRD = ROOT / "charts" / "skiplock" / "files" / "crds" / "jobqueues.skiplock.dev.yaml"
 try:
     spec_module = importlib.import_module("skiplock.operator.spec")
+    podpolicy = importlib.import_module("skiplock.operator.podpolicy")
+    resources = importlib.import_module("skiplock.operator.resources")
 except ImportError as exc:  # the operator's own module: only a broken install lacks it
     missing(f"skiplock.operator.spec ({exc})", "pip install -e ., by tools/setup.sh", module_level=True)
 
@@ -88,6 +90,8 @@ def from_schema(schema: dict[str, Any]) -> SearchStrategy[Any]:
     raise AssertionError(f"schema construct not handled: {schema}")
 
 
+# A generated pod template makes a long example; hypothesis says so on every large repr.
+pytestmark = pytest.mark.filterwarnings("ignore:Generating overly large repr")
 SCHEMA = crd_spec_schema()
 specs = from_schema(SCHEMA)
 
@@ -101,6 +105,38 @@ def dump(model: Any) -> Any:
 def test_every_spec_the_schema_admits_is_read_unchanged(spec: dict[str, Any]) -> None:
     parsed = spec_module.parse(spec)
     assert dump(parsed) == spec
+
+
+def _restricted(pod: dict[str, Any]) -> None:
+    """What the restricted Pod Security Standard requires of every pod the operator admits."""
+    sc = pod["securityContext"]
+    assert sc.get("runAsNonRoot") is True and sc["seccompProfile"]["type"] in ("RuntimeDefault", "Localhost"), sc
+    for c in pod["containers"] + pod.get("initContainers", []):
+        csc = c["securityContext"]
+        assert csc.get("allowPrivilegeEscalation") is False and "ALL" in csc["capabilities"]["drop"], c
+        assert not csc.get("privileged") and csc.get("runAsNonRoot") is not False, c
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(spec=specs)
+def test_every_admitted_pool_renders_a_restricted_pod_or_is_refused_with_reasons(spec: dict[str, Any]) -> None:
+    parsed = spec_module.parse(spec)
+    body = {"metadata": {"name": "jq", "namespace": "ns", "uid": "u"}}
+    for pool in parsed.pools:
+        refused = resources.conflicts("jq", pool) + podpolicy.violations(
+            [pool.model_dump(by_alias=True, exclude_none=True, mode="json")])
+        assert all(line.startswith(f"spec.pools[{pool.name}]") and ": " in line for line in refused), refused
+        if refused:
+            continue
+        pod = resources.deployment(body, parsed, pool, 1)["spec"]["template"]["spec"]
+        names = [c["name"] for c in pod["containers"] + pod.get("initContainers", [])]
+        assert names.count("worker") == 1 and len(set(names)) == len(names), names
+        (worker,) = [c for c in pod["containers"] if c["name"] == "worker"]
+        env = [e["name"] for e in worker["env"]]
+        assert len(set(env)) == len(env), env
+        volumes = [v["name"] for v in pod["volumes"]]
+        assert len(set(volumes)) == len(volumes), volumes
+        _restricted(pod)
 
 
 def mutations() -> SearchStrategy[tuple[str, Any]]:

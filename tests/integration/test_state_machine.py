@@ -11,6 +11,7 @@ import json
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -114,6 +115,18 @@ def run_unarchive(conn: Conn, job_id: int, v: Variant) -> None:
     execute(conn, "unarchive", {"id": job_id})
 
 
+def run_expire(conn: Conn, job_id: int, v: Variant) -> None:
+    """The job's lifetime has run out: a ttl (waiting) and a result and failure ttl (finished) of 0."""
+    conn.execute("UPDATE skiplock.jobs SET ttl_seconds = 1, expires_at = now() - interval '1 second', "
+                 "result_ttl_seconds = 0, failure_ttl_seconds = 0 WHERE id = %s", (job_id,))
+    execute(conn, v.get("query"), {"limit": 100})
+
+
+def run_update(conn: Conn, job_id: int, v: Variant) -> None:
+    when = datetime.now(UTC) + timedelta(hours=1 if v.run_at_future else -1)
+    execute(conn, "update_job", {"id": job_id, "priority": 3, "run_at": when})
+
+
 def plain(name: str, params: Callable[[int, Variant], dict[str, Any]]) -> Callable[[Conn, int, Variant], None]:
     return lambda conn, job_id, v: execute(conn, name, params(job_id, v))
 
@@ -141,11 +154,15 @@ RUNS: dict[str, tuple[Runner, list[Variant]]] = {
                                              cancel_requested=r.cancel_requested) for r in RUNNING_VARIANTS)]),
     "propagate": (run_propagate, [Variant(run_at_future=f, extra=(("parent_ends", e), ("deps", d)))
                                   for f in (False, True) for e in ("completed", "dead", "cancelled") for d in (1, 2)]),
-    "cancel": (plain("cancel", lambda i, v: {"id": i, "reason": "test"}), ANY_STATE),
-    "retry": (plain("retry", lambda i, v: {"id": i}), ANY_STATE),
-    "retry_dead": (plain("retry_dead", lambda i, v: {"queue": None}), ANY_STATE),
+    "cancel": (plain("cancel", lambda i, v: {"id": i, "reason": "test", "filter": "{}"}), ANY_STATE),
+    "retry": (plain("retry", lambda i, v: {"id": None, "filter": json.dumps({"states": ["dead"]}) if v.get("bulk")
+                                           else "{}"} if v.get("bulk") else {"id": i, "filter": "{}"}),
+              [*ANY_STATE, Variant(extra=(("bulk", True),))]),
+    "update_job": (run_update, [Variant(), Variant(run_at_future=True)]),
+    "expire": (run_expire, [Variant(extra=(("query", "expire"),))]),
+    "expire_finished": (run_expire, [Variant(extra=(("query", "expire_finished"),))]),
     "archive": (plain("archive", lambda i, v: {"finished_after": 0, "dead_after": 0, "limit": 100}), ANY_STATE),
-    "purge": (plain("purge", lambda i, v: {"states": [s.value for s in State], "older_than": 0}), ANY_STATE),
+    "purge": (plain("purge", lambda i, v: {"ids": None, "filter": json.dumps({"older_than": 0})}), ANY_STATE),
     "unarchive": (run_unarchive, ANY_STATE),
     "heartbeat": (plain("heartbeat", lambda i, v: {**HEARTBEAT, "ids": [i]}), RUNNING_VARIANTS),
     "lock_parents": (plain("lock_parents", lambda i, v: {"ids": [i]}), ANY_STATE),

@@ -303,6 +303,16 @@ class Cluster:
             raise KubectlError(res.returncode, argv, res.stdout, res.stderr)
         return res
 
+    def wait_established(self, crd: str, timeout: float = 30.0) -> None:
+        """Wait until the CRD ``crd`` is Established (``kubectl wait`` fails outright while a new CRD
+        has no conditions yet, which a large schema makes likely)."""
+        def established() -> bool:
+            path = "jsonpath={.status.conditions[?(@.type=='Established')].status}"
+            res = self.kubectl("get", "crd", crd, "-o", path, check=False)
+            return res.stdout.strip() == "True"
+
+        wait_for(established, timeout, f"{crd} established")
+
     def add_node(
         self,
         name: str,

@@ -32,7 +32,7 @@ DEPTH = "FILTER (WHERE state <> 'running') AS pending"  # the depth statement th
 @pytest.fixture(scope="module")
 def crd_cluster(k8s_cluster: Cluster) -> Cluster:
     k8s_cluster.kubectl("apply", "-f", str(CRD))
-    k8s_cluster.kubectl("wait", "--for", "condition=established", "--timeout=30s", "crd/jobqueues.skiplock.dev")
+    k8s_cluster.wait_established("jobqueues.skiplock.dev")
     return k8s_cluster
 
 

@@ -94,19 +94,6 @@ def apply_example(cluster: Cluster, namespace: str, path: Path, secret: str = "s
     return dict(body)
 
 
-def wait_established(cluster: Cluster) -> None:
-    """Until the CRD serves. (Not `kubectl wait --for condition=established`: on a CRD created a
-    moment ago, before it has any condition, it fails at once instead of waiting.)"""
-    def established() -> bool:
-        res = cluster.kubectl("get", "crd", "jobqueues.skiplock.dev", "-o", "json", check=False)
-        if res.returncode:
-            return False
-        conditions = json.loads(res.stdout).get("status", {}).get("conditions") or []
-        return any(c["type"] == "Established" and c["status"] == "True" for c in conditions)
-
-    wait_until(established, 30, "the JobQueue CRD established")
-
-
 def forbidden_lines(log: Path) -> list[str]:
     return [ln for ln in log.read_text(errors="replace").splitlines()
             if "Forbidden" in ln or " 403" in ln or "forbidden" in ln]
@@ -169,10 +156,10 @@ def applied(k8s_cluster: Cluster) -> Iterator[Cluster]:
     """manifests/ applied as a user would (files in order, the CRD before anything uses it)."""
     out = k8s_cluster.kubectl("apply", "-f", str(MANIFESTS)).stdout
     assert "namespace/skiplock-system" in out and "customresourcedefinition" in out, out
-    wait_established(k8s_cluster)
+    k8s_cluster.wait_established("jobqueues.skiplock.dev")
     yield k8s_cluster
-    # The namespaced part goes; the CRD stays (other tests of the session use it).
-    for f in ("04-dashboards.yaml", "03-operator.yaml", "02-rbac.yaml", "00-namespace.yaml"):
+    # The namespaced part and the admission policy go; the CRD stays (other tests of the session use it).
+    for f in ("05-policy.yaml", "04-dashboards.yaml", "03-operator.yaml", "02-rbac.yaml", "00-namespace.yaml"):
         k8s_cluster.kubectl("delete", "-f", str(MANIFESTS / f), "--wait=false", "--ignore-not-found", check=False)
 
 
@@ -180,7 +167,13 @@ def test_manifests_apply_cleanly_and_idempotently(applied: Cluster) -> None:
     again = applied.kubectl("apply", "-f", str(MANIFESTS)).stdout
     assert all(line.endswith("unchanged") for line in again.splitlines()), again
     dry = applied.kubectl("apply", "--dry-run=server", "-f", str(EXAMPLES), "-n", "default").stdout
-    assert "jobqueue.skiplock.dev/app" in dry and "jobqueue.skiplock.dev/ml" in dry
+    assert "jobqueue.skiplock.dev/app" in dry and "jobqueue.skiplock.dev/ml" in dry  # admitted by the pod policy
+    policy = json.loads(applied.kubectl("get", "validatingadmissionpolicy", "skiplock-worker-pod-policy", "-o",
+                                        "json").stdout)
+    assert policy["status"]["typeChecking"] == {}, policy["status"]
+    crd = json.loads(applied.kubectl("get", "crd", "jobqueues.skiplock.dev", "-o", "json").stdout)
+    annotation = crd["metadata"]["annotations"]["kubectl.kubernetes.io/last-applied-configuration"]
+    assert len(annotation.encode()) < 262144 // 2, "the CRD nears kubectl apply's annotation limit"
 
 
 def test_manifests_bring_up_the_operator_deployment(applied: Cluster) -> None:
@@ -201,7 +194,7 @@ ALLOWED = [
     ("list", "deployments.apps", "apps"), ("create", "deployments.apps", "apps"),
     ("patch", "deployments.apps", "apps"), ("delete", "deployments.apps", "apps"),
     ("list", "pods", None), ("watch", "pods", None), ("get", "pods", "apps"), ("patch", "pods", "apps"),
-    ("get", "secrets", "apps"), ("create", "events", "apps"),
+    ("get", "secrets", "apps"), ("create", "events", "apps"), ("get", "namespaces/apps", None),
     ("create", "leases.coordination.k8s.io", SYSTEM), ("get", "leases.coordination.k8s.io/skiplock-operator", SYSTEM),
     ("update", "leases.coordination.k8s.io/skiplock-operator", SYSTEM),
 ]
@@ -323,7 +316,7 @@ def printer_columns(cluster: Cluster) -> list[str]:
 def apply_crd_file(cluster: Cluster) -> None:
     """The CRD from the plain file, with `kubectl apply` (what manifests/01-crd.yaml installs)."""
     cluster.kubectl("apply", "-f", str(CRD_FILE))
-    wait_established(cluster)
+    cluster.wait_established("jobqueues.skiplock.dev")
 
 
 @pytest.fixture(scope="module")
@@ -350,6 +343,10 @@ def installed(k8s_cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) ->
 def test_helm_install_brings_up_the_operator_and_its_notes_work(installed: tuple[Cluster, str]) -> None:
     cluster, out = installed
     assert "STATUS: deployed" in out, out
+    release = cluster.kubectl("-n", HELM_NS, "get", "secret", f"sh.helm.release.v1.{RELEASE}.v1", "-o",
+                              "jsonpath={.data.release}").stdout
+    print(f"helm release Secret: {len(release)} bytes of {1 << 20}")
+    assert len(release) < (1 << 20) // 2, "the release (chart and CRD included) nears the Secret size limit"
     notes = out.split("NOTES:", 1)[1]
     selector = notes.split("get pods -l ", 1)[1].split()[0]
     pod = wait_operator_pod(cluster, HELM_NS, selector)  # the NOTES' command finds the pod
@@ -374,7 +371,7 @@ def test_helm_namespaced_rbac(installed: tuple[Cluster, str]) -> None:
     cluster, _ = installed
     sa = f"system:serviceaccount:{HELM_NS}:{RELEASE}-skiplock-operator"
     for verb, resource in (("list", "jobqueues.skiplock.dev"), ("create", "deployments.apps"),
-                           ("get", "secrets"), ("watch", "pods")):
+                           ("get", "secrets"), ("watch", "pods"), ("get", "namespaces")):
         assert can_i(cluster, verb, resource, WATCHED, sa), (verb, resource)
         assert not can_i(cluster, verb, resource, "default", sa), (verb, resource, "outside its namespaces")
     assert not can_i(cluster, "list", "jobqueues.skiplock.dev", None, sa)

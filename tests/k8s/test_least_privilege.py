@@ -3,7 +3,8 @@
 - RBAC: the operator runs with exactly the chart's namespaced RBAC (a Role in the watched namespace,
   a Role for its Lease, nothing cluster-wide), talking to the API server through a recording proxy,
   through a scenario that exercises everything it does (create, scale up, annotate busy pods, rescue
-  the jobs of a deleted pod, scale down, drop a pool, release the JobQueue, lead through a Lease).
+  the jobs of a deleted pod, scale down, drop a pool, refuse a pool the pod policy forbids, release the
+  JobQueue, lead through a Lease).
   Every request it made is mapped to (API group, resource, verb): none was refused, none was
   cluster-scoped (a namespaced install needs no cluster-wide right), and every granted permission
   was used - nothing is granted "just in case".
@@ -53,6 +54,8 @@ class Call:
         if not m or (m["resource"] == "namespaces" and m["ns"] is None and m["name"] is None and False):
             return None
         group, ns, resource, name, sub = m["group"] or "", m["ns"], m["resource"], m["name"], m["sub"]
+        if not group and resource == "namespaces" and name:
+            ns = name  # a get of one namespace is authorized in that namespace (a Role there grants it)
         if self.path.startswith("/api/v1/namespaces/") and resource is not None and ns is None:
             return None
         watch = parse_qs(self.query).get("watch", ["false"])[0] in ("true", "1")
@@ -135,7 +138,7 @@ def render_rbac(release_ns: str, watched: str, lease: str) -> list[dict[str, Any
 @pytest.fixture(scope="module")
 def crd_cluster(k8s_cluster: Cluster) -> Cluster:
     k8s_cluster.kubectl("apply", "-f", str(CRD))
-    k8s_cluster.kubectl("wait", "--for", "condition=established", "--timeout=30s", "crd/jobqueues.skiplock.dev")
+    k8s_cluster.wait_established("jobqueues.skiplock.dev")
     return k8s_cluster
 
 
@@ -222,6 +225,10 @@ def exercise(api: Api, dsn: str) -> None:
     wait_for(costed, 60, "pod deletion costs")
     api.apply(jobqueue("lp", cpu_pool(concurrency=2, maxReplicas=3)))
     wait_for(lambda: "lp-gpu" not in api.deployments(), 60, "the gpu pool's Deployment deleted")
+    # A pool the pod policy refuses (no admission policy here): the namespace's labels are read.
+    api.apply(jobqueue("lp-root", cpu_pool(podSecurityContext={"runAsUser": 0})))
+    wait_for(lambda: api.condition("lp-root", "Ready").get("reason") == "PoolRefused", 60, "the pool refused")
+    api.cluster.kubectl("delete", "jq", "lp-root", "-n", api.ns, "--timeout=60s")
     api.cluster.kubectl("delete", "jq", "lp", "-n", api.ns, "--timeout=60s")  # the finalizer is released
 
 

@@ -31,6 +31,9 @@ class FakeKube:
         self.pods: dict[tuple[str, str], dict[str, Any]] = {}
         self.statuses: dict[tuple[str, str], dict[str, Any]] = {}
         self.leases: dict[tuple[str, str], dict[str, Any]] = {}
+        self.namespaces: dict[str, dict[str, str]] = {}  # name: labels
+        self.forbidden: set[str] = set()  # calls answered 403 (e.g. "namespace")
+        self.invalid: dict[str, str] = {}  # Deployment name: why a create or patch of it is answered 422
         self.calls: list[tuple[str, str]] = []
         self.down = False  # every call fails as if the API server were unreachable
         self._versions = itertools.count(1)
@@ -39,6 +42,8 @@ class FakeKube:
         self.calls.append((call, name))
         if self.down:
             raise KubeError(0, "ConnectionRefusedError: the API server is down")
+        if call in self.forbidden:
+            raise KubeError(403, f'{call} "{name}" is forbidden')
 
     def add_secret(self, namespace: str, name: str, key: str, value: str) -> None:
         self.secrets[(namespace, name)] = {key: base64.b64encode(value.encode()).decode()}
@@ -52,6 +57,12 @@ class FakeKube:
             raise KubeError(404, f'Secret "{name}" has no key "{key}"')
         return base64.b64decode(data[key]).decode()
 
+    async def namespace_labels(self, name: str) -> dict[str, str]:
+        self._check("namespace", name)
+        if name not in self.namespaces:
+            raise KubeError(404, f'namespaces "{name}" not found')
+        return dict(self.namespaces[name])
+
     async def deployments(self, namespace: str, label_selector: str) -> list[dict[str, Any]]:
         self._check("list-deployments", label_selector)
         wanted = dict(kv.split("=", 1) for kv in label_selector.split(","))
@@ -61,6 +72,8 @@ class FakeKube:
     async def create_deployment(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
         name = body["metadata"]["name"]
         self._check("create-deployment", name)
+        if name in self.invalid:
+            raise KubeError(422, f'Deployment.apps "{name}" is invalid: {self.invalid[name]}')
         if (namespace, name) in self.deploys:
             raise KubeError(409, f'deployments.apps "{name}" already exists')
         self.deploys[(namespace, name)] = copy.deepcopy(body)

@@ -381,7 +381,8 @@ def test_namespaced_scenario_grants_nothing_cluster_wide() -> None:
     assert set(roles) == {("team-a", OPERATOR), ("team-b", OPERATOR), (NAMESPACE, f"{OPERATOR}-leader-election")}
     for ns in ("team-a", "team-b"):
         resources = {r for rule in roles[ns, OPERATOR]["rules"] for r in rule["resources"]}
-        assert resources == {"jobqueues", "jobqueues/status", "deployments", "pods", "secrets", "events"}
+        assert resources == {"jobqueues", "jobqueues/status", "deployments", "pods", "secrets", "events",
+                             "namespaces"}
     lease_rules = roles[NAMESPACE, f"{OPERATOR}-leader-election"]["rules"]
     assert {"resourceNames": ["skiplock-teams"]}.items() <= lease_rules[1].items()
     bindings = find(objects, "RoleBinding")
@@ -434,9 +435,10 @@ def test_rbac_is_least_privilege() -> None:
     secrets = {v for g, r, v in grants if r == "secrets"}
     assert secrets == {"get"}, "the operator reads the DSN Secret a JobQueue names; it never lists Secrets"
     assert not {v for g, r, v in grants if r == "jobqueues"} & {"create", "update", "delete"}
+    assert {v for g, r, v in grants if r == "namespaces"} == {"get"}, "a namespace's labels, never a list"
     assert {(g, r) for g, r, _ in grants} == {
         ("skiplock.dev", "jobqueues"), ("skiplock.dev", "jobqueues/status"), ("apps", "deployments"),
-        ("", "pods"), ("", "secrets"), ("", "events"), ("coordination.k8s.io", "leases")}
+        ("", "pods"), ("", "secrets"), ("", "events"), ("", "namespaces"), ("coordination.k8s.io", "leases")}
     binding = one(objects, "ClusterRoleBinding", OPERATOR)
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": OPERATOR, "namespace": NAMESPACE}]
 
@@ -462,7 +464,8 @@ def test_names_follow_overrides_and_stay_within_63_characters() -> None:
 
 def test_namespace_override() -> None:
     for o in render({"namespaceOverride": "elsewhere"}):
-        if o["kind"] not in ("ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition"):
+        if o["kind"] not in ("ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition",
+                             "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"):
             assert o["metadata"]["namespace"] == "elsewhere", o["kind"]
 
 

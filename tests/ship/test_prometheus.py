@@ -99,7 +99,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
             c.add_node(name, gpus=gpus)
         c.wait_nodes_ready()
         c.kubectl("apply", "-f", str(CRD))
-        c.kubectl("wait", "--for", "condition=established", "--timeout=30s", "crd/jobqueues.skiplock.dev")
+        c.wait_established("jobqueues.skiplock.dev")
         yield c
 
 

@@ -61,7 +61,7 @@ def test_bad_durations(text: str) -> None:
 
 @pytest.mark.parametrize("argv", [
     ["enqueue", "t", "--payload", "{bad"], ["enqueue", "t", "--priority", "high"], ["enqueue", "t", "--delay", "soon"],
-    ["worker", "--concurrency", "0"], ["jobs", "purge", "--state", "pending", "--older-than", "7d"],
+    ["worker", "--concurrency", "0"], ["jobs", "purge", "--state", "running", "--older-than", "7d"],
     ["jobs", "show", "abc"], ["nope"],
 ])
 def test_parser_rejects_bad_arguments_with_usage_exit(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:

@@ -34,14 +34,16 @@ def _choices(*path: str, dest: str) -> list[str]:
         sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
         parser = sub.choices[name]
     action = next(a for a in parser._actions if a.dest == dest)
-    return list(action.choices or [])
+    return list(action.choices or getattr(action.type, "choices", None) or [])  # list options check in their type
 
 
 def test_the_cli_and_the_ui_offer_what_the_table_allows() -> None:
     from skiplock.ui import views
 
     assert _choices("jobs", "list", dest="state") == [s.value for s in State]
-    assert set(_choices("jobs", "purge", dest="states")) == {s.value for s in states.FINISHED}
+    assert set(_choices("jobs", "purge", dest="states")) == {s.value for s in states.FINISHED | states.EXPIRABLE}
+    assert set(_choices("jobs", "cancel", dest="states")) == {s.value for s in states.CANCELLABLE}
+    assert set(_choices("jobs", "retry", dest="states")) == {s.value for s in states.RETRYABLE}
     assert {s.value for s in states.sources(Action.RETRY, "retry")} == views.RETRYABLE
     assert {s.value for s in states.sources(Action.CANCEL)} == views.CANCELLABLE
 
@@ -49,10 +51,12 @@ def test_the_cli_and_the_ui_offer_what_the_table_allows() -> None:
 def test_the_sets_follow_from_the_transitions() -> None:
     assert {State.COMPLETED, State.DEAD, State.CANCELLED} == states.FINISHED
     assert {State.SCHEDULED, State.PENDING, State.RETRY} == states.RUNNABLE
-    # A finished job moves on only by a person's retry or by retention; nothing runs it.
+    # A finished job moves on only by a person's retry or by retention and lifetimes; nothing runs it.
     for t in states.TRANSITIONS:
         if t.source in states.FINISHED:
-            assert t.action in (Action.RETRY, Action.ARCHIVE, Action.PURGE), t
+            assert t.action in (Action.RETRY, Action.ARCHIVE, Action.PURGE, Action.EXPIRE), t
+            assert t.action == Action.RETRY or t.target is None, t
+    assert {State.SCHEDULED, State.BLOCKED, State.PENDING, State.RETRY} == states.EXPIRABLE
     # Only the lease holder and maintenance move a running job to another state.
     for t in states.TRANSITIONS:
         if t.source == State.RUNNING and t.target != State.RUNNING:

@@ -22,8 +22,8 @@ from typing import Any
 import psycopg
 from pydantic import ValidationError
 
-from . import __version__, states
-from .cli_env import EnvParser, check_library_env, configure_env
+from . import __version__, cli_admin, states
+from .cli_env import EnvParser, check_library_env, configure_env, list_of
 from .db import RedactingFilter, connect_sync, redact, resolve_dsn
 from .durations import parse_duration
 from .errors import InvalidJob, SkiplockError, UnknownDependency
@@ -138,13 +138,13 @@ def build_parser() -> EnvParser:
     parser.add_argument("--version", action="version", version=f"skiplock {__version__}")
     parser.add_argument("--database-url", default=None, help="PostgreSQL DSN")
     parser.env_aliases["database_url"] = ("DATABASE_URL",)
-    parser.add_argument("--log-level", default="info", choices=LOG_LEVELS, help="log verbosity")
+    parser.add_argument("--log-level", default="info", type=str.lower, choices=LOG_LEVELS, help="log verbosity")
     # The same two options after the command (`skiplock stats --database-url X`); SUPPRESS keeps a
     # subcommand from overwriting a value given before it.
     shared = EnvParser(add_help=False)
     shared.add_argument("--database-url", default=argparse.SUPPRESS,
                         help="PostgreSQL DSN (env SKIPLOCK_DATABASE_URL or DATABASE_URL)")
-    shared.add_argument("--log-level", default=argparse.SUPPRESS, choices=LOG_LEVELS,
+    shared.add_argument("--log-level", default=argparse.SUPPRESS, type=str.lower, choices=LOG_LEVELS,
                         help="log verbosity (env SKIPLOCK_LOG_LEVEL)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
@@ -160,20 +160,25 @@ def build_parser() -> EnvParser:
     p.add_argument("--queue", default="default")
     p.add_argument("--priority", type=_int, default=0, help="higher runs first (default 0)")
     p.add_argument("--delay", type=_duration_arg, default=None, help="seconds (or 5m, 2h) before it may run")
-    p.add_argument("--max-attempts", type=_positive_int, default=5)
+    p.add_argument("--max-attempts", type=_positive_int, default=None,
+                   help="attempts, the first run included (default: the queue's setting, else 5)")
     p.add_argument("--timeout", type=_duration_arg, default=None, help="per-job handler timeout")
-    p.add_argument("--depends-on", type=_positive_int, nargs="+", default=[], metavar="ID")
+    p.add_argument("--depends-on", action="list", type=list_of(_positive_int), default=[], metavar="ID",
+                   help="IDs the job waits for: 1 2 or 1,2")
     p.add_argument("--dedup-key", default=None)
     p.add_argument("--tenant", default=None)
+    cli_admin.add_label_arg(p, "a label of the job (repeatable)")
+    cli_admin.add_lifetime_args(p)
     p.add_argument("--from-file", metavar="FILE.jsonl",
                    help='one job per line: {"type": ..., "payload": ..., ...}; "-" reads stdin')
     p.add_argument("--batch-size", type=_positive_int, default=1000, help="jobs per round trip (--from-file)")
 
     p = command(sub, "worker", "run handlers for queued jobs")
     p.add_argument("--handlers", default=None, help="MODULE:REGISTRY holding a JobRegistry")
-    p.add_argument("--queue", dest="queues", action="extend", nargs="+", default=None, metavar="Q",
-                   help="queues to serve, in claim order (--queue a b, or repeated; default: default)")
-    p.add_argument("--types", type=_csv, default=None, help="comma-separated job types (default: all handled)")
+    p.add_argument("--queue", dest="queues", action="list", type=list_of(str), default=None, metavar="Q",
+                   help="queues to serve, in claim order (--queue a b, --queue a,b, or repeated; default: default)")
+    p.add_argument("--types", action="list", type=list_of(str), default=None, metavar="TYPE",
+                   help="job types: a b or a,b (default: all handled)")
     p.add_argument("--concurrency", type=_positive_int, default=None, help="jobs at once (default 10)")
     p.add_argument("--claim-batch", type=_positive_int, default=None,
                    help="most jobs one claim statement takes (default: every free slot)")
@@ -208,20 +213,15 @@ def build_parser() -> EnvParser:
     p.add_argument("--queue")
     p.add_argument("--type")
     p.add_argument("--tenant")
+    cli_admin.add_label_arg(p, "only jobs with this label (repeatable)")
     p.add_argument("--limit", type=_positive_int, default=50)
     p.add_argument("--offset", type=_non_negative_int, default=0)
     p.add_argument("--json", action="store_true")
     p = command(jsub, "show", "one job in full")
     p.add_argument("id", type=_positive_int)
     p.add_argument("--json", action="store_true")
-    p = command(jsub, "retry", "run a finished or waiting job again")
-    p.add_argument("id", type=_positive_int)
-    p = command(jsub, "cancel", "cancel a job (running ones are asked to stop)")
-    p.add_argument("id", type=_positive_int)
-    p = command(jsub, "purge", "delete finished jobs older than an age")
-    p.add_argument("--state", dest="states", action="append", required=True,
-                   choices=PURGEABLE, help="repeatable")
-    p.add_argument("--older-than", type=_duration_arg, required=True, help="e.g. 7d, 12h")
+    cli_admin.add_jobs_actions(jsub, command, _positive_int)
+    cli_admin.add_queues_parser(sub, command)
 
     sched = command(sub, "schedule", "periodic jobs: add, list, remove, pause, resume")
     ssub = sched.add_subparsers(dest="schedule_command", metavar="ACTION", required=True)
@@ -259,11 +259,11 @@ def build_parser() -> EnvParser:
     p = command(sub, "ui", "the job browser (web UI)")
     p.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1 (loopback only)")
     p.add_argument("--port", type=_port_arg, default=8000, help="default 8000")
-    p.add_argument("--allowed-hosts", type=_csv, default=None, metavar="NAMES",
-                   help="comma-separated names the UI answers to (Host header), e.g. jobs.example.com; "
+    p.add_argument("--allowed-hosts", action="list", type=list_of(str), default=None, metavar="NAMES",
+                   help="names the UI answers to (Host header), e.g. jobs.example.com (a b or a,b); "
                         "default: loopback names and --host; '*': any (needs credentials)")
-    p.add_argument("--forwarded-allow-ips", type=_csv, default=None, metavar="IPS",
-                   help="proxies whose X-Forwarded-Proto/-For are believed (comma-separated, '*': any); "
+    p.add_argument("--forwarded-allow-ips", action="list", type=list_of(str), default=None, metavar="IPS",
+                   help="proxies whose X-Forwarded-Proto/-For are believed (a b or a,b; '*': any); "
                         "https from them makes cookies Secure (default 127.0.0.1)")
 
     p = command(sub, "demo", "a demo queue with real workers (embedded PostgreSQL if no DATABASE_URL)")
@@ -291,6 +291,10 @@ def build_parser() -> EnvParser:
     p.add_argument("--standalone", action="store_true", help="no leader election (a single operator)")
     p.add_argument("--no-migrate", action="store_true",
                    help="leave each JobQueue's database schema alone (default: migrate it when it is behind)")
+    p.add_argument("--pod-policy", choices=["enforce", "off"], default="enforce",
+                   help="enforce (default): refuse pools whose pods break the restricted Pod Security Standard "
+                        "or the tenancy rules, unless their namespace is labelled "
+                        "skiplock.dev/unrestricted-pools=true; off: check nothing")
     configure_env(parser)
     return parser
 
@@ -377,7 +381,8 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
                 return
             spec = make_spec(args.type, payload=args.payload, queue=args.queue, priority=args.priority,
                              delay=args.delay, max_attempts=args.max_attempts, timeout=args.timeout,
-                             depends_on=tuple(args.depends_on), dedup_key=args.dedup_key, tenant=args.tenant)
+                             depends_on=tuple(args.depends_on), dedup_key=args.dedup_key, tenant=args.tenant,
+                             labels=cli_admin.labels_from(args), **cli_admin.lifetimes_from(args))
             spec.encoded_payload()
             print((await queue.enqueue_many([spec]))[0])
 
@@ -515,13 +520,18 @@ def cmd_jobs(args: argparse.Namespace) -> int:
             action = args.jobs_command
             if action == "list":
                 jobs = await queue.list_jobs(state=args.state, queue=args.queue, type=args.type, tenant=args.tenant,
-                                             limit=args.limit, offset=args.offset, brief=not args.json)
+                                             labels=cli_admin.labels_from(args), limit=args.limit,
+                                             offset=args.offset, brief=not args.json)
                 if args.json:
                     print(json.dumps([j.as_json() for j in jobs], indent=2))
                 else:
+                    errors = any(j.state in states.FAILED and j.last_error for j in jobs)
                     _print_table([[j.id, j.queue, j.type, j.state.value, j.priority,
-                                   f"{j.attempts}/{j.max_attempts}", j.created_at.isoformat(timespec="seconds")]
-                                  for j in jobs], ["ID", "QUEUE", "TYPE", "STATE", "PRIORITY", "ATTEMPTS", "CREATED"])
+                                   f"{j.attempts}/{j.max_attempts}", j.created_at.isoformat(timespec="seconds"),
+                                   *([_first_line(j.last_error)] if errors else [])]
+                                  for j in jobs],
+                                 ["ID", "QUEUE", "TYPE", "STATE", "PRIORITY", "ATTEMPTS", "CREATED",
+                                  *(["ERROR"] if errors else [])])
             elif action == "show":
                 job = await queue.get(args.id)
                 if args.json:
@@ -529,19 +539,27 @@ def cmd_jobs(args: argparse.Namespace) -> int:
                 else:
                     for key, value in job.as_json().items():
                         shown = json.dumps(value) if isinstance(value, (dict, list)) else value
-                        _say(f"{key + ':':18} {shown}", keep_lines=key == "last_error")
-            elif action == "retry":
-                await queue.retry(args.id)
-                print(f"job {args.id} is pending again")
-            elif action == "cancel":
-                state = await queue.cancel(args.id)
-                print(f"job {args.id}: cancel requested (still running)" if state == "running"
-                      else f"job {args.id} is {state}")
-            elif action == "purge":
-                print(await queue.purge(args.states, args.older_than))
+                        _say(f"{key + ':':20} {shown}", keep_lines=key == "last_error")
+            else:
+                await cli_admin.jobs_action(queue, args, _say)
             return 0
 
     return asyncio.run(go())
+
+
+def _first_line(text: str | None, width: int = 80) -> str:
+    """The first non-blank line of an error (a traceback's), cut to ``width``."""
+    line = next((ln.strip() for ln in (text or "").splitlines() if ln.strip()), "")
+    return line if len(line) <= width else line[:width - 3] + "..."
+
+
+def cmd_queues(args: argparse.Namespace) -> int:
+    async def go() -> None:
+        async with Queue(args.database_url) as queue:
+            await cli_admin.queues_action(queue, args, _print_table, _say)
+
+    asyncio.run(go())
+    return 0
 
 
 def cmd_schedule(args: argparse.Namespace) -> int:
@@ -629,12 +647,11 @@ def cmd_operator(args: argparse.Namespace) -> int:
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "migrate": cmd_migrate, "enqueue": cmd_enqueue, "worker": cmd_worker, "stats": cmd_stats,
     "jobs": cmd_jobs, "demo": cmd_demo, "operator": cmd_operator, "schedule": cmd_schedule,
-    "limits": cmd_limits, "ui": cmd_ui,
+    "limits": cmd_limits, "ui": cmd_ui, "queues": cmd_queues,
 }
 
 
-class _Usage(SkiplockError):
-    """Bad command-line input: exit 2."""
+_Usage = cli_admin.Usage  # bad command-line input: exit 2
 
 
 def main(argv: Sequence[str] | None = None) -> int:

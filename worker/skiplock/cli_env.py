@@ -68,6 +68,31 @@ class _Extend(argparse._ExtendAction):
         super().__call__(parser, namespace, values, option_string)
 
 
+class ListAction(_Extend):
+    """A list option that takes its values either way: ``--types a b`` or ``--types a,b`` (or both,
+    repeated). Its ``type`` (``list_of``) splits the commas; the lists are flattened here."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("nargs", "+")
+        super().__init__(*args, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        super().__call__(parser, namespace, [item for group in values for item in group], option_string)
+
+
+def list_of(convert: Callable[[str], Any]) -> Callable[[str], list[Any]]:
+    """The ``type`` of a ``ListAction`` option: ``a,b`` to ``[convert(a), convert(b)]``."""
+    def split(text: str) -> list[Any]:
+        items = [convert(t.strip()) for t in text.split(",") if t.strip()]
+        if not items:
+            raise argparse.ArgumentTypeError(f"{text!r} names no value")
+        return items
+    split.__name__ = getattr(convert, "__name__", "value")
+    split.choices = getattr(convert, "choices", None)  # type: ignore[attr-defined]
+    return split
+
+
 _VALUE_ACTIONS = (argparse._StoreAction, argparse._StoreConstAction, argparse._AppendAction,
                   argparse.BooleanOptionalAction)
 
@@ -82,6 +107,7 @@ class EnvParser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
         self.register("action", "append", _Append)
         self.register("action", "extend", _Extend)
+        self.register("action", "list", ListAction)
         self.env_scope: tuple[str, ...] = ()
         self.env_aliases: dict[str, tuple[str, ...]] = {}
 
@@ -132,6 +158,8 @@ class EnvParser(argparse.ArgumentParser):
         if not listed:
             return self._one(action, variable, text)
         items = [self._one(action, variable, t.strip()) for t in text.split(",") if t.strip()]
+        if isinstance(action, ListAction):
+            items = [item for group in items for item in group]
         if not items and action.nargs == "+":
             raise _EnvError(f"{variable}: give at least one comma-separated value")
         if isinstance(action.nargs, int) and len(items) != action.nargs:

@@ -22,12 +22,19 @@ from .errors import SkiplockError, wrap_db_errors
 APP_NAME = "skiplock"
 
 
+LIBPQ_VARIABLES = ("PGHOST", "PGHOSTADDR", "PGPORT", "PGDATABASE", "PGUSER", "PGSERVICE")
+"""libpq's own variables that name a server: with none of the URLs, they alone say where to connect."""
+
+
 def resolve_dsn(explicit: str | None = None) -> str:
-    """The DSN from the argument, ``SKIPLOCK_DATABASE_URL`` or ``DATABASE_URL``, in that order."""
+    """The DSN from the argument, ``SKIPLOCK_DATABASE_URL`` or ``DATABASE_URL``, in that order; else
+    ``""`` (libpq reads PGHOST, PGDATABASE, PGUSER, PGPASSWORD...) when one of libpq's variables is set."""
     dsn = explicit or os.environ.get("SKIPLOCK_DATABASE_URL") or os.environ.get("DATABASE_URL")
-    if not dsn:
-        raise SkiplockError("no database: set DATABASE_URL (or pass --database-url)")
-    return dsn
+    if dsn:
+        return dsn
+    if any(os.environ.get(v) for v in LIBPQ_VARIABLES):
+        return ""
+    raise SkiplockError("no database: set DATABASE_URL or libpq's PGHOST/PGDATABASE... (or pass --database-url)")
 
 
 _URI = re.compile(r"^\s*[a-z][a-z0-9+.-]*://(?P<userinfo>[^/?#]*)@", re.IGNORECASE)

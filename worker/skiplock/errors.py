@@ -64,6 +64,8 @@ def wrap_db_errors() -> Iterator[None]:
         yield
     except psycopg.errors.UndefinedTable as exc:
         raise SchemaMissing("skiplock schema not found: run `skiplock migrate`") from exc
+    except psycopg.errors.InvalidParameterValue as exc:  # the SQL API refused a value: its one line
+        raise InvalidJob(_first_line(exc)) from exc
     except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
         raise DatabaseUnavailable(_first_line(exc)) from exc
     except OSError as exc:

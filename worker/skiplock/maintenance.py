@@ -1,5 +1,6 @@
-"""Maintenance: the rescuer (expired leases, gone workers), retention (archive) and the forgetting of
-silent workers, as tasks any process can run, and the worker's service that runs them all.
+"""Maintenance: the rescuer (expired leases, gone workers), lifetimes (ttl, result_ttl, failure_ttl),
+retention (archive) and the forgetting of silent workers, as tasks any process can run, and the
+worker's service that runs them all.
 
 Every worker runs the ``Maintenance`` service; a round happens under a transaction-scoped advisory
 lock, so one process at a time does the work, whichever. The operator runs the same ``Rescuer``
@@ -26,6 +27,7 @@ from .service import Service, note_db_error
 log = logging.getLogger("skiplock.worker")
 ARCHIVE_BATCH = 5000
 ARCHIVE_BUDGET_S = 2.0  # per maintenance round, in batches of ARCHIVE_BATCH (one transaction each)
+LIFETIME_BATCH = 5000  # jobs expired, and finished jobs deleted, per round
 
 Step = tuple[str, dict[str, Any]]
 
@@ -79,9 +81,26 @@ class WorkerReaper:
         return ("forget_workers", {"older_than": self.older_than})
 
 
+@dataclass(frozen=True)
+class Lifetimes:
+    """Jobs' own lifetimes: waiting jobs past their ttl end cancelled (``expired``), their
+    dependents with them; finished jobs past their result_ttl or failure_ttl are deleted."""
+
+    batch: int = LIFETIME_BATCH
+
+    def plan(self) -> Plan:
+        """Returns the rows expired."""
+        expired: list[Row] = yield from plans.expire(self.batch)
+        return expired
+
+    def step(self) -> Step:
+        return ("expire_finished", {"limit": self.batch})
+
+
 class Maintenance(Service):
-    """Every ``interval`` seconds (jittered): rescue, archive a batch and forget silent workers in one
-    transaction under the advisory lock; while archive batches come back full, more follow (up to
+    """Every ``interval`` seconds (jittered): rescue, expire, archive a batch, delete finished jobs
+    whose lifetime ended and forget silent workers in one transaction under the advisory lock;
+    while archive batches come back full, more follow (up to
     ARCHIVE_BUDGET_S: at a few thousand jobs a second, one batch per round would let the hot table
     grow without end). With ``refresh_depth``, the queue-depth gauges are refreshed too."""
 
@@ -92,6 +111,7 @@ class Maintenance(Service):
         super().__init__()
         self.db, self.metrics, self.interval = db, metrics, interval
         self.rescuer, self.archiver, self.reaper = rescuer, archiver, reaper
+        self.lifetimes = Lifetimes()
         self.refresh_depth = refresh_depth
 
     async def run(self) -> None:
@@ -118,12 +138,14 @@ class Maintenance(Service):
         return rescued
 
     def _plan(self) -> Plan:
-        """Rescue, archive one batch, forget old workers; returns (rescued rows, jobs archived)."""
+        """Rescue, expire, archive one batch, delete ended lifetimes, forget old workers; returns
+        (rescued rows, jobs archived)."""
         (lock,) = yield [("try_maintenance_lock", {})]
         if not lock[0]["locked"]:
             return [], 0
         rescued = yield from self.rescuer.plan()
-        moved, _ = yield [self.archiver.step(), self.reaper.step()]
+        yield from self.lifetimes.plan()
+        moved, _, _ = yield [self.archiver.step(), self.reaper.step(), self.lifetimes.step()]
         return rescued, moved[0]["moved"]
 
     async def _refresh_depth(self) -> None:

@@ -11,6 +11,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import InvalidJob, PayloadTooLarge
+from .retry import RetryPolicy, as_policy
 from .states import FINISHED as FINISHED  # re-exported: the job model's states
 from .states import State as State
 
@@ -100,12 +101,25 @@ class JobSpec(BaseModel):
     priority: int = Field(default=0, ge=-INT32, le=INT32)
     run_at: datetime | None = None
     delay: float | None = Field(default=None, ge=0, le=10 * 365 * 86400)
-    max_attempts: int = Field(default=5, ge=1, le=1000)
+    max_attempts: int | None = Field(default=None, ge=1, le=1000)  # None: the queue's, else 5
     timeout: float | None = Field(default=None, gt=0, allow_inf_nan=False)
     tenant: str | None = None
     labels: dict[str, str] = Field(default_factory=dict)
     dedup_key: str | None = None
     depends_on: tuple[int, ...] = ()
+    # Lifetimes (seconds; None: the queue's, else none) and retry policy (None: the queue's, else the worker's).
+    ttl: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    result_ttl: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+    failure_ttl: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+    retry: Any = None
+
+    @field_validator("retry")
+    @classmethod
+    def _check_retry(cls, value: Any) -> RetryPolicy | None:
+        try:
+            return as_policy(value)
+        except InvalidJob as exc:
+            raise ValueError(str(exc)) from None
 
     @field_validator("type", "queue")
     @classmethod
@@ -213,6 +227,11 @@ class JobRecord(BaseModel):
     started_at: datetime | None = None
     finished_at: datetime | None = None
     archived: bool = False
+    retry_policy: dict[str, Any] | None = None
+    ttl_seconds: float | None = None
+    expires_at: datetime | None = None
+    result_ttl_seconds: float | None = None
+    failure_ttl_seconds: float | None = None
 
     def as_json(self) -> dict[str, Any]:
         """A JSON-ready dict (timestamps as ISO 8601). A payload or result nested deeper than

@@ -12,9 +12,10 @@ from collections.abc import Generator, Sequence
 from typing import Any
 
 from .errors import InvalidJob, JobNotFound, UnknownDependency
+from .filters import JobFilter
 from .models import JobSpec, State, max_payload_bytes
 from .retry import DEFAULT, RetryPolicy
-from .states import FAILED, RETRYABLE, ordered
+from .states import EXPIRABLE, FAILED, FINISHED, RETRYABLE, ordered
 
 Row = dict[str, Any]
 Step = list[tuple[str, dict[str, Any]]]
@@ -47,6 +48,12 @@ def _job_row(ordinal: int, spec: JobSpec, deps: dict[int, str], limit: int) -> s
         "pending_deps": len(waiting),
         "dep_error": f"dependency {failed[0]} ended {deps[failed[0]]}" if failed else None,
     }
+    for key, value in (("ttl_seconds", spec.ttl), ("result_ttl_seconds", spec.result_ttl),
+                       ("failure_ttl_seconds", spec.failure_ttl)):
+        if value is not None:
+            fields[key] = value
+    if spec.retry is not None:
+        fields["retry_policy"] = spec.retry.as_dict()
     return f'{_encode(fields)[:-1]},"payload":{spec.encoded_payload(limit)}}}'
 
 
@@ -93,12 +100,14 @@ def cascade(first: list[Row]) -> Plan:
     return changed
 
 
-def finish(worker_id: str, batch: list[dict[str, Any]], policy: RetryPolicy = DEFAULT) -> Plan:
+def finish(worker_id: str, batch: list[dict[str, Any]], policy: RetryPolicy | None = DEFAULT) -> Plan:
     """Record outcomes (``{id, attempt, outcome, result, error}``, optionally ``retry_in`` seconds
     instead of the policy's delay) and settle dependents, in one transaction; returns the rows
-    finished (a stale execution's outcome is not among them)."""
+    finished (a stale execution's outcome is not among them). ``policy`` is the caller's, used for
+    jobs that have none of their own or of their queue (None: the default)."""
     ids = [b["id"] for b in batch]
-    params = {"worker_id": worker_id, "batch": json.dumps(batch), "ids": ids, "retry_policy": policy.as_json()}
+    params = {"worker_id": worker_id, "batch": json.dumps(batch), "ids": ids,
+              "retry_policy": None if policy is None else policy.as_json()}
     done, first = yield [("finish", params), ("propagate", {"ids": ids})]
     yield from cascade(first)
     return done
@@ -131,7 +140,8 @@ def release(worker_id: str, executions: Sequence[tuple[int, int]]) -> Plan:
 
 def cancel(job_id: int, reason: str = "cancelled by request") -> Plan:
     """Cancel a job; returns its state afterwards (``running`` means the request was delivered)."""
-    rows, first = yield [("cancel", {"id": job_id, "reason": reason}), ("propagate", {"ids": [job_id]})]
+    rows, first = yield [("cancel", {"id": job_id, "reason": reason, "filter": "{}"}),
+                         ("propagate", {"ids": [job_id]})]
     if not rows:
         (found,) = yield [("get_job", {"id": job_id})]
         if not found:
@@ -141,10 +151,35 @@ def cancel(job_id: int, reason: str = "cancelled by request") -> Plan:
     return str(rows[0]["state"])
 
 
+def cancel_matching(where: JobFilter, reason: str = "cancelled by request") -> Plan:
+    """Cancel every job ``where`` matches (a running one is asked to stop); returns the rows."""
+    (rows,) = yield [("cancel", {"id": None, "reason": reason, "filter": where.as_json()})]
+    yield from _settle_failed(rows)
+    return rows
+
+
+def purge_matching(where: JobFilter) -> Plan:
+    """Delete the jobs ``where`` matches that are finished or waiting (never a running one): the
+    waiting ones end cancelled first, so that their dependents are cancelled too, then go with the
+    finished ones (``older_than`` counts from when a job finished, or was enqueued). Returns how many."""
+    waiting = where.narrowed(ordered(EXPIRABLE))
+    cancelled: list[Row] = []
+    if waiting.states:
+        cancelled = yield from cancel_matching(waiting, "purged")
+    finished = where.narrowed(ordered(FINISHED))
+    steps: Step = [("purge", {"ids": [r["id"] for r in cancelled], "filter": "{}"})] if cancelled else []
+    if finished.states:
+        steps.append(("purge", {"ids": None, "filter": finished.as_json()}))
+    if not steps:
+        return 0
+    counts = yield steps
+    return sum(int(rows[0]["purged"]) for rows in counts)
+
+
 def retry(job_id: int) -> Plan:
     """Run a finished (even archived) or waiting job again now."""
     yield [("unarchive", {"id": job_id})]
-    (rows,) = yield [("retry", {"id": job_id})]
+    (rows,) = yield [("retry", {"id": job_id, "filter": "{}"})]
     if not rows:
         (found,) = yield [("get_job", {"id": job_id})]
         if not found:
@@ -153,6 +188,14 @@ def retry(job_id: int) -> Plan:
         raise InvalidJob(f"job {job_id} is {found[0]['state']}: only finished or waiting jobs can be retried "
                          f"(those {', '.join(others)} or {last})")
     return job_id
+
+
+def expire(limit: int) -> Plan:
+    """End a batch of waiting jobs past their ttl (cancelled, ``expired``) and settle their
+    dependents; returns the rows."""
+    (rows,) = yield [("expire", {"limit": limit})]
+    yield from _settle_failed(rows)
+    return rows
 
 
 def fire_schedules() -> Plan:

@@ -1,4 +1,6 @@
-"""The producer and admin API: enqueue, inspect, cancel, retry, wait for results, retention."""
+"""The producer, consumer and admin API: enqueue; claim, complete, fail and release from your own
+loop (the pull API); inspect, cancel, retry, reschedule, purge (one job or in bulk); queue settings;
+wait for results; retention."""
 
 from __future__ import annotations
 
@@ -12,15 +14,18 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
-from . import plans
+from . import plans, pull
 from .database import Database
 from .db import connect, make_pool, resolve_dsn
 from .errors import InvalidJob, JobFailed, JobNotFound, wrap_db_errors
-from .models import FINISHED, JobRecord, JobSpec, State, make_spec
+from .filters import JobFilter
+from .models import FINISHED, INT32, JobRecord, JobSpec, State, make_spec
+from .pull import DEFAULT_LEASE, PulledJob
+from .queues import QueueSettings
 from .retry import DEFAULT, RetryPolicy
 from .schedules import ScheduleSpec
 from .sql import QUERIES
-from .states import PURGEABLE, ordered
+from .states import CANCELLABLE, PURGEABLE, RETRYABLE, ordered
 
 if TYPE_CHECKING:
     from .metrics import WorkerMetrics
@@ -41,12 +46,13 @@ class Queue:
     own transaction (the NOTIFY that wakes workers is then sent at your commit)."""
 
     def __init__(self, dsn: str | None = None, *, pool: AsyncConnectionPool[Any] | None = None,
-                 pool_size: int = 4, metrics: WorkerMetrics | None = None) -> None:
+                 pool_size: int = 4, metrics: WorkerMetrics | None = None, worker_id: str | None = None) -> None:
         self.dsn = resolve_dsn(dsn) if pool is None else str(pool.conninfo)
         self._pool = pool or make_pool(self.dsn, pool_size, "client")
         self._own_pool = pool is None
         self.db = Database(self._pool)
         self.metrics = metrics  # given: enqueued jobs count in its skiplock_jobs_enqueued_total
+        self.worker_id = worker_id or pull.default_worker_id()  # who holds the leases of the pull API's claims
 
     async def __aenter__(self) -> Queue:
         await self.open()
@@ -87,7 +93,8 @@ class Queue:
     async def enqueue(self, type: str, payload: Any = None, *, conn: AsyncConn | None = None,
                       **options: Any) -> int:
         """Enqueue one job; returns its id. Options are those of ``JobSpec`` (queue, priority,
-        delay, run_at, max_attempts, timeout, tenant, labels, dedup_key, depends_on)."""
+        delay, run_at, max_attempts, timeout, tenant, labels, dedup_key, depends_on, and the
+        lifetimes ttl, result_ttl, failure_ttl and a retry policy, e.g. ``retry=Fixed(30)``)."""
         spec = make_spec(type, payload={} if payload is None else payload, **options)
         (job_id,) = await self.enqueue_many([spec], conn=conn)
         return job_id
@@ -111,11 +118,12 @@ class Queue:
         return JobRecord(**rows[0])
 
     async def list_jobs(self, *, state: str | None = None, queue: str | None = None, type: str | None = None,
-                        tenant: str | None = None, limit: int = 50, offset: int = 0,
-                        brief: bool = False) -> list[JobRecord]:
+                        tenant: str | None = None, labels: dict[str, str] | None = None, limit: int = 50,
+                        offset: int = 0, brief: bool = False) -> list[JobRecord]:
         """Newest first. ``brief``: without payload and result (None), for lists that do not show them."""
-        rows = await self._fetch("list_jobs", {"state": state, "queue": queue, "type": type, "tenant": tenant,
-                                               "limit": limit, "offset": offset, "brief": brief})
+        where = JobFilter(queue=queue, type=type, tenant=tenant, states=(state,) if state else (), labels=labels or {})
+        rows = await self._fetch("list_jobs", {"filter": where.as_json(), "limit": limit, "offset": offset,
+                                               "brief": brief})
         return [JobRecord(**r) for r in rows]
 
     async def dependents(self, job_id: int, limit: int = 100) -> list[dict[str, Any]]:
@@ -132,9 +140,117 @@ class Queue:
         await self._run(plans.retry(job_id))
 
     async def retry_dead(self, queue: str | None = None) -> int:
-        """Retry every job on the dead-letter list; returns how many."""
-        rows = await self._fetch("retry_dead", {"queue": queue})
-        return int(rows[0]["retried"])
+        """Retry every job on the dead-letter list (of the hot table); returns how many."""
+        return await self.retry_jobs(JobFilter(queue=queue, states=(State.DEAD.value,)))
+
+    async def update(self, job_id: int, *, priority: int | None = None, run_at: datetime | None = None,
+                     delay: float | None = None) -> str:
+        """Reprioritise or reschedule a job that has not started; returns its state after."""
+        if priority is None and run_at is None and delay is None:
+            raise InvalidJob("give a priority, a run_at or a delay")
+        if priority is not None and not -INT32 <= priority <= INT32:
+            raise InvalidJob("priority must be a 32-bit integer")
+        when = datetime.now(UTC) if delay == 0 else make_spec("t", run_at=run_at, delay=delay).effective_run_at()
+        rows = await self._fetch("update_job", {"id": job_id, "priority": priority, "run_at": when})
+        if not rows:
+            job = await self.get(job_id)
+            raise InvalidJob(f"job {job_id} is {job.state.value}: only a job that has not started can be updated")
+        return str(rows[0]["state"])
+
+    # -- bulk ------------------------------------------------------------------------------------
+
+    async def count_jobs(self, where: JobFilter, hot_only: bool = False) -> int:
+        """How many jobs ``where`` matches (in the hot table only, with ``hot_only``)."""
+        rows = await self._fetch("count_matching", {"filter": where.as_json(), "hot_only": hot_only})
+        return int(rows[0]["jobs"])
+
+    async def cancel_jobs(self, where: JobFilter, reason: str = "cancelled by request") -> int:
+        """Cancel every job ``where`` matches (waiting ones end cancelled, running ones are asked to
+        stop); returns how many."""
+        rows: list[dict[str, Any]] = await self._run(plans.cancel_matching(where.narrowed(ordered(CANCELLABLE)),
+                                                                           reason))
+        return len(rows)
+
+    async def purge_jobs(self, where: JobFilter) -> int:
+        """Delete the finished and waiting jobs ``where`` matches (never a running one); returns how many."""
+        purged: int = await self._run(plans.purge_matching(where))
+        return purged
+
+    async def retry_jobs(self, where: JobFilter) -> int:
+        """Run every finished or waiting job ``where`` matches (hot table) again now; returns how many."""
+        narrowed = where.narrowed(ordered(RETRYABLE))
+        if where.states and not narrowed.states:
+            return 0
+        rows = await self._fetch("retry", {"id": None, "filter": narrowed.as_json()})
+        return len(rows)
+
+    # -- the pull API ------------------------------------------------------------------------------
+
+    async def claim(self, queue: str = "default", *, max_jobs: int = 1, lease_seconds: float = DEFAULT_LEASE,
+                    types: Sequence[str] | None = None) -> list[PulledJob]:
+        """Claim up to ``max_jobs`` runnable jobs of ``queue`` for ``self.worker_id`` (each spends an
+        attempt and holds a lease of ``lease_seconds``: ``heartbeat()`` renews it). Finish each with
+        ``complete``, ``fail`` or ``release``."""
+        params = pull.claim_params(queue, self.worker_id, max_jobs, lease_seconds, list(types) if types else None)
+        jobs: list[PulledJob] = await self._run(pull.claim(params), atomic=False)
+        return jobs
+
+    async def complete(self, job: PulledJob, result: Any = None) -> bool:
+        """Record success (and ``result``); False if the lease was lost meanwhile (nothing changed)."""
+        return await self._run(pull.finish(job, "completed", result)) is not None
+
+    async def fail(self, job: PulledJob, error: str, retry_in: float | None = None,
+                   permanent: bool = False) -> str | None:
+        """Record a failed attempt; returns the job's new state (``retry``, or ``dead`` with its
+        attempts spent, ``cancelled`` after a cancel request), None if the lease was lost.
+        ``retry_in`` (seconds) overrides the retry policy's delay for this failure; ``permanent``
+        dead-letters the job at once."""
+        outcome = "dead" if permanent else "failed"
+        state: str | None = await self._run(pull.finish(job, outcome, error=error, retry_in=retry_in))
+        return state
+
+    async def release(self, job: PulledJob) -> bool:
+        """Hand the job back to pending without spending its attempt; False if the lease was lost."""
+        released: bool = await self._run(pull.release(job))
+        return released
+
+    async def heartbeat(self, lease_seconds: float = DEFAULT_LEASE) -> int:
+        """Renew every lease ``self.worker_id`` holds for ``lease_seconds``; returns how many."""
+        renewed: int = await self._run(pull.heartbeat(self.worker_id, lease_seconds), atomic=False)
+        return renewed
+
+    @contextlib.asynccontextmanager
+    async def claimed(self, queue: str = "default", *, lease_seconds: float = DEFAULT_LEASE,
+                      types: Sequence[str] | None = None) -> AsyncIterator[PulledJob | None]:
+        """Claim one job (None if none is runnable) for the block: its lease is renewed while the
+        block runs; at its end the job completes with ``job.result``, or fails with the exception
+        (``PermanentFailure``: dead; ``JobCancelled``: cancelled); a cancelled block releases it."""
+        jobs = await self.claim(queue, lease_seconds=lease_seconds, types=types)
+        if not jobs:
+            yield None
+            return
+        job = jobs[0]
+        keepalive = asyncio.create_task(self._keep_alive(lease_seconds), name=f"lease-{job.id}")
+        try:
+            yield job
+        except (asyncio.CancelledError, KeyboardInterrupt):
+            keepalive.cancel()
+            if not job.done:
+                await asyncio.shield(self._run(pull.release(job)))
+            raise
+        except Exception as exc:
+            keepalive.cancel()
+            await self._run(pull.run_ending(job, exc))
+            raise
+        else:
+            keepalive.cancel()
+            await self._run(pull.run_ending(job, None))
+
+    async def _keep_alive(self, lease_seconds: float) -> None:
+        while True:
+            await sleep_jittered(lease_seconds / 3 * 0.8)
+            with contextlib.suppress(Exception):  # a missed renewal is retried next time; the lease outlasts two
+                await self.heartbeat(lease_seconds)
 
     async def wait(self, job_id: int, timeout: float | None = None, poll_interval: float = 1.0) -> Any:
         """Wait until the job finishes and return its result; raise ``JobFailed`` if it ended dead
@@ -181,8 +297,39 @@ class Queue:
         bad = sorted(set(states) - set(allowed))
         if bad:
             raise InvalidJob(f"only finished states can be purged ({', '.join(allowed)}), not {bad}")
-        rows = await self._fetch("purge", {"states": list(states), "older_than": older_than})
-        return int(rows[0]["purged"])
+        return await self.purge_jobs(JobFilter(states=tuple(states), older_than=older_than))
+
+    # -- queue settings ----------------------------------------------------------------------------
+
+    async def set_queue(self, settings: QueueSettings, clear: Sequence[str] = (), source: str = "cli") -> QueueSettings:
+        """Store the settings given (None keeps the stored value; ``clear`` removes the named ones:
+        max_attempts, ttl, result_ttl, failure_ttl, retry); returns the queue's settings after."""
+        rows = await self._fetch("set_queue", {**settings.row(source), "clear": list(clear)})
+        return QueueSettings.from_row(rows[0])
+
+    async def replace_queue(self, settings: QueueSettings, source: str) -> QueueSettings:
+        """Make ``settings`` the whole of the queue's settings (a declaration: a JobQueue)."""
+        rows = await self._fetch("replace_queue", settings.row(source))
+        return QueueSettings.from_row(rows[0])
+
+    async def sync_queue_settings(self, source: str, settings: Sequence[QueueSettings],
+                                  keep_also: Sequence[str] = ()) -> list[str]:
+        """Make the settings of ``source`` exactly ``settings`` (e.g. a JobQueue's spec.queueSettings),
+        leaving the queues named in ``keep_also`` as stored; returns the queues whose settings were removed."""
+        async with self.transaction() as conn:
+            for one in settings:
+                await self.db.execute("replace_queue", one.row(source), conn)
+            rows = await self.db.execute("remove_queues_of_source", {
+                "source": source, "keep": [s.name for s in settings] + list(keep_also)}, conn)
+        return [r["name"] for r in rows]
+
+    async def remove_queue(self, name: str) -> bool:
+        """Drop a queue's settings (its jobs stay); False if it had none."""
+        return bool(await self._fetch("remove_queue", {"name": name}))
+
+    async def queues(self) -> list[QueueSettings]:
+        """Every queue with settings or jobs, and its settings."""
+        return [QueueSettings.from_row(r) for r in await self._fetch("list_queues", {})]
 
     # -- limits ----------------------------------------------------------------------------------
 

@@ -39,6 +39,8 @@ class Action(StrEnum):
     PROPAGATE = "propagate"  # a dependency ended
     CANCEL = "cancel"
     RETRY = "retry"
+    UPDATE = "update"  # a person reprioritises or reschedules a job that has not started
+    EXPIRE = "expire"  # a lifetime ran out: ttl (waiting), result_ttl / failure_ttl (finished)
     ARCHIVE = "archive"
     PURGE = "purge"
 
@@ -69,6 +71,7 @@ class Transition:
 S = State
 _RUNNABLE_FROM = (S.PENDING, S.SCHEDULED, S.RETRY)
 _FINISHED = (S.COMPLETED, S.DEAD, S.CANCELLED)
+_WAITING = (S.SCHEDULED, S.BLOCKED, S.PENDING, S.RETRY)
 
 TRANSITIONS: tuple[Transition, ...] = (
     Transition(Action.ENQUEUE, None, S.PENDING, Actor.PRODUCER, "run_at now", ("enqueue",)),
@@ -102,16 +105,21 @@ TRANSITIONS: tuple[Transition, ...] = (
                ("rescue",)),
     Transition(Action.RESCUE, S.RUNNING, S.CANCELLED, Actor.MAINTENANCE,
                "lease expired or worker gone after a cancel request", ("rescue",)),
-    *(Transition(Action.CANCEL, s, S.CANCELLED, Actor.ADMIN, "never runs", ("cancel",))
-      for s in (S.SCHEDULED, S.BLOCKED, S.PENDING, S.RETRY)),
+    *(Transition(Action.EXPIRE, s, S.CANCELLED, Actor.MAINTENANCE,
+                 "waited past its ttl: never runs (last_error: expired)", ("expire",)) for s in _WAITING),
+    *(Transition(Action.CANCEL, s, S.CANCELLED, Actor.ADMIN, "never runs", ("cancel",)) for s in _WAITING),
     Transition(Action.CANCEL, S.RUNNING, S.RUNNING, Actor.ADMIN,
                "sets cancel_requested: the handler is asked to stop", ("cancel",)),
-    *(Transition(Action.RETRY, s, S.PENDING, Actor.ADMIN, "fresh attempts, now", ("retry",))
+    *(Transition(Action.RETRY, s, S.PENDING, Actor.ADMIN, "fresh attempts and ttl, now", ("retry",))
       for s in (*_FINISHED, S.RETRY, S.SCHEDULED)),
-    Transition(Action.RETRY, S.DEAD, S.PENDING, Actor.ADMIN, "all dead jobs, or those of one queue", ("retry_dead",)),
+    Transition(Action.UPDATE, S.PENDING, S.SCHEDULED, Actor.ADMIN, "run_at moved later", ("update_job",)),
+    Transition(Action.UPDATE, S.SCHEDULED, S.PENDING, Actor.ADMIN, "run_at moved to now", ("update_job",)),
     *(Transition(Action.ARCHIVE, s, None, Actor.MAINTENANCE, "after the retention window, to jobs_history",
                  ("archive",)) for s in _FINISHED),
-    *(Transition(Action.PURGE, s, None, Actor.ADMIN, "deleted, older than an age", ("purge",)) for s in _FINISHED),
+    *(Transition(Action.EXPIRE, s, None, Actor.MAINTENANCE, "result_ttl (completed) or failure_ttl passed: deleted",
+                 ("expire_finished",)) for s in _FINISHED),
+    *(Transition(Action.PURGE, s, None, Actor.ADMIN, "deleted (by age, queue, type, tenant, label)", ("purge",))
+      for s in _FINISHED),
 )
 
 KEEPS_STATE: tuple[str, ...] = ("heartbeat", "lock_parents", "watch", "unarchive")
@@ -142,12 +150,16 @@ TIMED = RUNNABLE - {State.PENDING}
 CANCELLABLE = sources(Action.CANCEL)
 RETRYABLE = sources(Action.RETRY, "retry")
 PURGEABLE = sources(Action.PURGE)
+EXPIRABLE = sources(Action.EXPIRE, "expire")
+"""Waiting states: a job in one of them past its ``expires_at`` (ttl) expires."""
+UPDATABLE = EXPIRABLE
+"""A job that has not started can be reprioritised or rescheduled (``jobs update``)."""
 FAILED = FINISHED - {State.COMPLETED}
 """Ended without completing: what cancels a job's dependents."""
 
 SQL_SETS: dict[str, frozenset[State]] = {
     "runnable": RUNNABLE, "timed": TIMED, "finished": FINISHED, "failed": FAILED, "cancellable": CANCELLABLE,
-    "retryable": RETRYABLE,
+    "retryable": RETRYABLE, "expirable": EXPIRABLE,
 }
 """The sets ``queries.sql`` names as ``{{name}}``; each becomes a SQL list ``('a', 'b')``."""
 

@@ -18,9 +18,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import secrets
-import socket
 import time
 from typing import Any
 
@@ -37,6 +34,7 @@ from .listener import Listener
 from .maintenance import Archiver, Maintenance, Rescuer, WorkerReaper
 from .metrics import WorkerMetrics, serve
 from .models import DEFAULT_MAX_PAYLOAD
+from .pull import default_worker_id
 from .registry import JobRegistry
 from .retry import Exponential, RetryPolicy
 from .scheduler import Scheduler
@@ -44,11 +42,6 @@ from .service import Service
 from .watchdog import LoopWatchdog
 
 log = logging.getLogger("skiplock.worker")
-
-
-def default_worker_id() -> str:
-    """``SKIPLOCK_WORKER_ID`` (the pod name in Kubernetes), else ``hostname-pid-random``."""
-    return os.environ.get("SKIPLOCK_WORKER_ID") or f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
 
 
 class WorkerConfig(BaseModel):

@@ -37,6 +37,11 @@ class KubeError(Exception):
     def conflict(self) -> bool:
         return self.status == 409
 
+    @property
+    def invalid(self) -> bool:
+        """The server refused the object itself (422: a field the API validation does not allow)."""
+        return self.status == 422
+
 
 def load_api_client() -> client.ApiClient:
     """In-cluster credentials when running in a pod, else the kubeconfig ($KUBECONFIG). No retries
@@ -82,6 +87,13 @@ class Kube:
         if key not in data:
             raise KubeError(404, f'Secret "{name}" has no key "{key}"')
         return base64.b64decode(data[key]).decode().strip()
+
+    # -- namespaces -------------------------------------------------------------------------------
+
+    async def namespace_labels(self, name: str) -> dict[str, str]:
+        """The labels of namespace ``name`` (``get`` of that one namespace)."""
+        found = await self._call(self.core.read_namespace, name)
+        return dict((found.get("metadata") or {}).get("labels") or {})
 
     # -- deployments ------------------------------------------------------------------------------
 

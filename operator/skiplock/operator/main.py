@@ -42,6 +42,7 @@ class Options:
     query_timeout: float = 5.0
     host: str = "0.0.0.0"
     migrate: bool = True  # bring each JobQueue's database schema up to date before scaling
+    pod_policy: bool = True  # refuse pools whose pods break podpolicy's rules
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Options:
@@ -57,7 +58,7 @@ class Options:
             lease = LeaseConfig(args.lease_namespace or own or (namespaces[0] if namespaces else "default"),
                                 args.peering, identity, args.lease_duration)
         return cls(namespaces, args.metrics_port, args.liveness_port, lease, args.query_timeout,
-                   migrate=not args.no_migrate)
+                   migrate=not args.no_migrate, pod_policy=args.pod_policy == "enforce")
 
 
 def settings() -> kopf.OperatorSettings:
@@ -109,7 +110,8 @@ def run_operator(args: argparse.Namespace) -> int:
 
 async def operate(options: Options) -> int:
     rt = Runtime(Kube(load_api_client()), Databases(options.query_timeout), OperatorMetrics(),
-                 schemas=Schemas(enabled=options.migrate, connect_timeout=options.query_timeout))
+                 schemas=Schemas(enabled=options.migrate, connect_timeout=options.query_timeout),
+                 pod_policy=options.pod_policy)
     health = Health()
     ports = {options.metrics_port} | ({options.liveness_port} if options.liveness_port is not None else set())
     servers: list[ThreadingHTTPServer] = [

@@ -11,7 +11,7 @@ from typing import Any
 
 from skiplock.errors import DatabaseUnavailable, SchemaMissing
 
-from . import policy, resources, schedules
+from . import podpolicy, policy, queuesettings, resources, schedules
 from .db import InvalidDsn, redact
 from .kube import KubeError
 from .observe import Caps, PodCounts, PodIndex, PodInfo, concurrency_caps, count, demand, pods_of
@@ -20,7 +20,7 @@ from .spec import InvalidSpec, JobQueueSpec, Pool, parse
 from .status import RESOLVED, Problem, conditions, parse_timestamp, summary, timestamp
 
 log = logging.getLogger("skiplock.operator")
-SECRET_MAX_AGE = 30.0  # seconds between reads of the database Secret
+SECRET_MAX_AGE = 30.0  # seconds between reads of the database Secret (and of the namespace's labels)
 
 
 async def poll(rt: Runtime, jq: JobQueueState, body: Mapping[str, Any], pods: PodIndex) -> None:
@@ -45,6 +45,7 @@ async def poll(rt: Runtime, jq: JobQueueState, body: Mapping[str, Any], pods: Po
             pools.append(await _pool(rt, jq, body, spec, pool, existing.get(name), observed, pods, now, problems))
         await _remove_stale(rt, jq, spec, existing.values())
         problems.extend(await _schedules(rt, jq, spec, reachable=observed is not None))
+        problems.extend(await _queue_settings(rt, jq, spec, reachable=observed is not None))
     except InvalidSpec as exc:
         problems.append(Problem("InvalidSpec", f"spec: {exc}"))
     except KubeError as exc:
@@ -118,6 +119,22 @@ async def _schedules(rt: Runtime, jq: JobQueueState, spec: JobQueueSpec, reachab
                                                   blocking=False)]
 
 
+async def _queue_settings(rt: Runtime, jq: JobQueueState, spec: JobQueueSpec, reachable: bool) -> list[Problem]:
+    """Sync ``spec.queueSettings`` into the database, as ``_schedules`` does ``spec.schedules``."""
+    if not reachable:
+        return queuesettings.declared(spec)[1]
+    try:
+        return await queuesettings.sync(rt, jq, spec, time.monotonic())
+    except (DatabaseUnavailable, SchemaMissing) as exc:
+        message = redact(str(exc), jq.dsn)
+    except Exception as exc:
+        if "QueueSettingsSyncFailed" not in jq.problems.values():
+            log.exception("%s/%s: queue settings sync failed", jq.namespace, jq.name)
+        message = redact(f"{type(exc).__name__}: {exc}", jq.dsn)
+    return [*queuesettings.declared(spec)[1],
+            Problem("QueueSettingsSyncFailed", f"queue settings not synced: {message}", blocking=False)]
+
+
 # -- one pool -------------------------------------------------------------------------------------
 
 def _owned(deployment: Mapping[str, Any], body: Mapping[str, Any]) -> bool:
@@ -144,13 +161,24 @@ async def _pool(rt: Runtime, jq: JobQueueState, body: Mapping[str, Any], spec: J
     if existing is not None and not _owned(existing, body):
         problems.append(_conflict(name, pool))
         return entry
+    refused = await _refused(rt, jq, pool)
+    if refused is not None:
+        problems.append(refused)
+        return entry
     pods = pods_of(index, jq.namespace, jq.name, pool.name)
     counts = count(pods)
     current = int(existing["spec"].get("replicas", 1)) if existing is not None else 0
     decision = _decide(jq, spec, pool, observed, current, counts, before, now, entry) if observed else None
     wanted = decision.replicas if decision else (current if existing is not None else pool.min_replicas)
 
-    replicas = await _apply(rt, jq, body, spec, pool, existing, wanted, pods)
+    try:
+        replicas = await _apply(rt, jq, body, spec, pool, existing, wanted, pods)
+    except KubeError as exc:
+        if not exc.invalid:
+            raise
+        problems.append(Problem("PoolRefused", f"pool {pool.name} not deployed: the API server refused its "
+                                               f"Deployment: {exc}", key=pool.name))
+        return entry
     if replicas is None:
         problems.append(_conflict(name, pool))
         return entry
@@ -165,6 +193,39 @@ async def _pool(rt: Runtime, jq: JobQueueState, body: Mapping[str, Any], spec: J
                  held=bool(decision and decision.held))
     _export(rt, jq, pool, entry)
     return {k: v for k, v in entry.items() if v is not None}
+
+
+async def _refused(rt: Runtime, jq: JobQueueState, pool: Pool) -> Problem | None:
+    """Why the pool's pods are not written, if they are not: its template sets what the operator
+    owns, or (``rt.pod_policy``) its pods break ``podpolicy``'s rules in a namespace that does not
+    allow it. Its Deployment, if any, is then left as it is: not updated, not scaled."""
+    found = resources.conflicts(jq.name, pool)
+    broken = podpolicy.violations([pool.model_dump(by_alias=True, exclude_none=True, mode="json")]) \
+        if rt.pod_policy else []
+    note = ""
+    if broken:
+        exempt, note = await _exempt(rt, jq)
+        if exempt:
+            broken = []
+        else:
+            note = f" (the namespace label {podpolicy.EXEMPT_LABEL}=true allows the pod security ones{note})"
+    if not found and not broken:
+        return None
+    return Problem("PoolRefused", f"pool {pool.name} not deployed: " + "; ".join(found + broken) + note,
+                   key=pool.name)
+
+
+async def _exempt(rt: Runtime, jq: JobQueueState) -> tuple[bool, str]:
+    """Whether the JobQueue's namespace allows unrestricted pools (its labels, read at most every
+    ``SECRET_MAX_AGE`` seconds), and why not known when the API server would not say."""
+    now = time.monotonic()
+    if jq.exempt_read_at is None or now - jq.exempt_read_at > SECRET_MAX_AGE:
+        try:
+            labels = await rt.kube.namespace_labels(jq.namespace)
+        except KubeError as exc:
+            return False, f"; its labels could not be read: {exc}"
+        jq.exempt, jq.exempt_read_at = labels.get(podpolicy.EXEMPT_LABEL) == "true", now
+    return jq.exempt, ""
 
 
 def _decide(jq: JobQueueState, spec: JobQueueSpec, pool: Pool, observed: Observed, current: int,

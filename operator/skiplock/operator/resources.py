@@ -1,8 +1,9 @@
 """The worker Deployment of one pool: names, labels and the manifest the operator keeps in place.
 
-The operator owns ``spec.template``, ``spec.strategy`` and the labels; ``spec.replicas`` belongs to
-the scaler. ``TEMPLATE_HASH`` on the Deployment records which manifest it carries, so an unchanged
-spec causes no write and a changed one a single rolling update.
+The operator owns ``spec.template`` (the pool's template merged with the operator's fields, see
+``podtemplate``), ``spec.strategy`` and the labels; ``spec.replicas`` belongs to the scaler.
+``TEMPLATE_HASH`` on the Deployment records which manifest it carries, so an unchanged spec causes
+no write and a changed one a single rolling update.
 """
 
 from __future__ import annotations
@@ -12,21 +13,13 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from . import podtemplate
 from .spec import GROUP, KIND, VERSION, JobQueueSpec, Pool
 
 JOBQUEUE_LABEL = f"{GROUP}/jobqueue"
 POOL_LABEL = f"{GROUP}/pool"
 TEMPLATE_HASH = f"{GROUP}/template-hash"
-DELETION_COST = "controller.kubernetes.io/pod-deletion-cost"
-METRICS_PORT = 9400
-CONTAINER = "worker"
-# The restricted Pod Security Standard, as the worker image (Dockerfile.worker, user 10001) allows;
-# a pool's podSecurityContext / securityContext replaces these.
-POD_SECURITY: dict[str, Any] = {"runAsNonRoot": True, "runAsUser": 10001, "runAsGroup": 10001, "fsGroup": 10001,
-                                "seccompProfile": {"type": "RuntimeDefault"}}
-CONTAINER_SECURITY: dict[str, Any] = {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
-                                      "capabilities": {"drop": ["ALL"]}}
-SCRATCH = {"name": "tmp", "mountPath": "/tmp"}  # the one writable directory of a read-only root
+DELETION_COST = podtemplate.DELETION_COST
 
 
 def deployment_name(jobqueue: str, pool: str) -> str:
@@ -69,7 +62,7 @@ def _env(spec: JobQueueSpec, pool: Pool) -> list[dict[str, Any]]:
         {"name": "SKIPLOCK_WORKER_ID", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
         {"name": "SKIPLOCK_QUEUES", "value": ",".join(spec.queues)},
         {"name": "SKIPLOCK_CONCURRENCY", "value": str(pool.concurrency)},
-        {"name": "SKIPLOCK_METRICS_PORT", "value": str(METRICS_PORT)},
+        {"name": "SKIPLOCK_METRICS_PORT", "value": str(podtemplate.METRICS_PORT)},
         {"name": "SKIPLOCK_LEASE_SECONDS", "value": str(spec.recovery.lease_seconds)},
         {"name": "SKIPLOCK_SHUTDOWN_GRACE", "value": str(pool.termination_grace_period_seconds - 5)},
     ]
@@ -78,48 +71,17 @@ def _env(spec: JobQueueSpec, pool: Pool) -> list[dict[str, Any]]:
     handlers = pool.handlers or spec.handlers
     if handlers:
         env.append({"name": "SKIPLOCK_HANDLERS", "value": handlers})
-    return env + [dict(e) for e in pool.env]
-
-
-def _container(spec: JobQueueSpec, pool: Pool) -> dict[str, Any]:
-    limits = {k: str(v) for k, v in pool.resources.limits.items()}
-    if pool.gpu is not None:
-        limits[pool.gpu.resource_name] = str(pool.gpu.count)
-    requests = {k: str(v) for k, v in pool.resources.requests.items()}
-    resources = {k: v for k, v in (("requests", requests), ("limits", limits)) if v}
-    probe = {"httpGet": {"path": "/readyz", "port": "metrics"}, "periodSeconds": 10, "failureThreshold": 3}
-    container: dict[str, Any] = {
-        "name": CONTAINER,
-        "image": pool.image,
-        "env": _env(spec, pool),
-        "ports": [{"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"}],
-        "readinessProbe": probe,
-        "livenessProbe": {**probe, "httpGet": {"path": "/healthz", "port": "metrics"},
-                          "initialDelaySeconds": 10},
-        "resources": resources,
-        "securityContext": pool.security_context if pool.security_context is not None else CONTAINER_SECURITY,
-        "volumeMounts": [SCRATCH],
-    }
-    optional = {"imagePullPolicy": pool.image_pull_policy, "command": pool.command, "args": pool.args}
-    container.update({k: v for k, v in optional.items() if v is not None})
-    return container
+    return env
 
 
 def pod_template(jobqueue: str, spec: JobQueueSpec, pool: Pool) -> dict[str, Any]:
-    pod: dict[str, Any] = {
-        "containers": [_container(spec, pool)],
-        "terminationGracePeriodSeconds": pool.termination_grace_period_seconds,
-        "securityContext": pool.pod_security_context if pool.pod_security_context is not None else POD_SECURITY,
-        "volumes": [{"name": SCRATCH["name"], "emptyDir": {"sizeLimit": "1Gi"}}],
-    }
-    if pool.gpu is not None:
-        pod["tolerations"] = pool.gpu.effective_tolerations()
-        if pool.gpu.node_selector:
-            pod["nodeSelector"] = dict(pool.gpu.node_selector)
-    if pool.priority_class_name:
-        pod["priorityClassName"] = pool.priority_class_name
-    annotations = {"prometheus.io/scrape": "true", "prometheus.io/port": str(METRICS_PORT)}
-    return {"metadata": {"labels": labels(jobqueue, pool.name), "annotations": annotations}, "spec": pod}
+    """The pool's pod template: its own template merged with the operator's fields."""
+    return podtemplate.pod_template(pool, labels(jobqueue, pool.name), _env(spec, pool))
+
+
+def conflicts(jobqueue: str, pool: Pool) -> list[str]:
+    """What the pool's template sets that the operator owns (``podtemplate.conflicts``)."""
+    return podtemplate.conflicts(pool, labels(jobqueue, pool.name))
 
 
 def strategy(pool: Pool) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from . import policy
 from .db import Databases
 from .kube import Kube
 from .metrics import OperatorMetrics
+from .queuesettings import SyncState as QueueSettingsState
 from .schedules import SyncState
 from .schema import Schemas
 from .spec import JobQueueSpec
@@ -43,10 +44,13 @@ class JobQueueState:
     queue: Queue | None = None
     dsn: str = field(default="", repr=False)
     dsn_read_at: float = 0.0
+    exempt: bool = False  # the namespace allows unrestricted pools (podpolicy.EXEMPT_LABEL)
+    exempt_read_at: float | None = None  # when that was read (monotonic); None: never
     policies: dict[str, policy.PolicyState] = field(default_factory=dict)
     problems: dict[str, str] = field(default_factory=dict)  # Problem.id -> reason, as last reported
     written: dict[str, Any] | None = None  # the status as last written (None: not read yet)
     schedules: SyncState = field(default_factory=SyncState)
+    queue_settings: QueueSettingsState = field(default_factory=QueueSettingsState)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
@@ -75,6 +79,7 @@ class Runtime:
     metrics: OperatorMetrics
     event: EventSink = kopf_event
     schemas: Schemas = field(default_factory=Schemas)  # each JobQueue's database migrated before use
+    pod_policy: bool = True  # refuse pools whose pods break podpolicy's rules (--pod-policy)
     jobqueues: dict[Key, JobQueueState] = field(default_factory=dict)
     # The DSN each JobQueue last read, kept past ``forget`` for the deletion handler (a namespace's
     # deletion may remove the Secret before the JobQueue's schedules are removed).

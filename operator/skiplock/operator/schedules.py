@@ -175,7 +175,9 @@ async def sync(rt: Runtime, jq: JobQueueState, spec: JobQueueSpec, now: float) -
 
 
 def declares_schedules(body: Mapping[str, Any]) -> bool:
-    return bool((body.get("spec") or {}).get("schedules"))
+    """Whether the JobQueue keeps anything in its database: schedules, or queue settings (removed with them)."""
+    spec = body.get("spec") or {}
+    return bool(spec.get("schedules") or spec.get("queueSettings"))
 
 
 class NotRemoved(Exception):
@@ -207,6 +209,9 @@ async def remove_all(rt: Runtime, namespace: str, name: str, body: Mapping[str, 
     try:
         queue = await rt.databases.acquire(user, dsn)
         removed: list[str] = await rt.databases.call(queue.sync_schedules(source(namespace, name), []))
+        settings = await rt.databases.call(queue.sync_queue_settings(source(namespace, name), []))
+        if settings:
+            log.info("%s/%s: removed the settings of queues %s", namespace, name, ", ".join(settings))
         return removed
     except SchemaMissing:
         return []

@@ -84,6 +84,20 @@ class Resources(_Model):
     limits: dict[str, int | str] = Field(default_factory=dict)
 
 
+class TemplateMetadata(_Model):
+    labels: dict[str, str] | None = None
+    annotations: dict[str, str] | None = None
+
+
+class PodTemplate(_Model):
+    """A pool's ``template``: a PodTemplateSpec, checked by the API server against the upstream
+    schema (tools/podtemplate_schema.py); the pod spec is kept as the API server admitted it and
+    merged by ``skiplock.operator.podtemplate``."""
+
+    metadata: TemplateMetadata = Field(default_factory=TemplateMetadata)
+    spec: dict[str, Any] = Field(default_factory=dict)
+
+
 class Pool(_Model):
     name: str = Field(min_length=1, max_length=20)
     job_types: list[str] = Field(default_factory=list)
@@ -102,6 +116,7 @@ class Pool(_Model):
     pod_security_context: dict[str, Any] | None = None
     security_context: dict[str, Any] | None = None
     termination_grace_period_seconds: int = Field(default=60, ge=5)
+    template: PodTemplate | None = None
     scaling: ScalingOverride = Field(default_factory=ScalingOverride)
 
 
@@ -122,6 +137,29 @@ class Schedule(_Model):
     catch_up: str = "latest"
 
 
+Duration = int | str  # seconds, or a duration such as 30s, 5m, 1h30m (checked by queuesettings)
+
+
+class RetrySchedule(_Model):
+    """``retry`` of a ``spec.queueSettings`` entry: one kind (the CRD's CEL rule says so)."""
+
+    intervals: list[Duration] | None = None
+    every: Duration | None = None
+    backoff_base: Duration | None = None
+    backoff_max: Duration | None = None
+
+
+class QueueSettingsEntry(_Model):
+    """One of ``spec.queueSettings``: a queue's defaults, as ``skiplock queues set`` stores them."""
+
+    queue: str = Field(min_length=1)
+    max_attempts: int | None = None
+    ttl: Duration | None = None
+    result_ttl: Duration | None = None
+    failure_ttl: Duration | None = None
+    retry: RetrySchedule | None = None
+
+
 class JobQueueSpec(_Model):
     database: Database
     queues: list[str] = Field(min_length=1)
@@ -130,6 +168,7 @@ class JobQueueSpec(_Model):
     scaling: Scaling = Field(default_factory=Scaling)
     recovery: Recovery = Field(default_factory=Recovery)
     schedules: list[Schedule] = Field(default_factory=list)
+    queue_settings: list[QueueSettingsEntry] = Field(default_factory=list)
 
     def pool_settings(self, pool: Pool) -> policy.Settings:
         """The pool's effective scaling settings: its own override, else ``spec.scaling``."""

@@ -35,6 +35,7 @@ RESOLVED = {
     "DatabaseUnreachable": "DatabaseReachable",
     "DatabaseSchemaMissing": "DatabaseSchemaReady",
     "DeploymentConflict": "DeploymentConflictResolved",
+    "PoolRefused": "PoolAccepted",
     "ReconcileError": "Reconciled",
     "GPUCapacityExhausted": "GPUCapacityAvailable",
     "PodsUnschedulable": "PodsScheduled",

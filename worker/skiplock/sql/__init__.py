@@ -34,6 +34,33 @@ def _parse(text: str) -> dict[str, str]:
 
 QUERIES: dict[str, str] = _parse(resources.files(__name__).joinpath("queries.sql").read_text())
 
+API_STATEMENTS: dict[str, tuple[str, ...]] = {
+    "enqueue": ("jobs",),
+    "find_dedup": ("queues", "keys"),
+    "claim": ("queue", "types", "limit", "worker_id", "lease_seconds"),
+    "lock_limits": ("types",),
+    "claim_limited": ("queue", "types", "limit", "worker_id", "lease_seconds", "burst_seconds"),
+    "finish": ("batch", "ids", "worker_id", "retry_policy"),
+    "propagate": ("ids",),
+    "release": ("ids", "attempts", "worker_id"),
+    "heartbeat": ("worker_id", "queues", "types", "hostname", "pid", "concurrency", "ids", "lease_seconds"),
+}
+"""The statements the SQL API functions (migration 0005) run, and the order of their parameters:
+``skiplock migrate`` stores them in ``skiplock.statements`` with ``%(name)s`` numbered ``$n``, and
+the functions ``EXECUTE`` them. The worker runs the same text: one implementation per state change."""
+
+_PLACEHOLDER = re.compile(r"%\((\w+)\)s")
+
+
+def numbered(name: str) -> str:
+    """Statement ``name`` with its named parameters as ``$1, $2...`` in ``API_STATEMENTS`` order."""
+    order = API_STATEMENTS[name]
+    text = QUERIES[name]
+    used = set(_PLACEHOLDER.findall(text))
+    if used != set(order):
+        raise KeyError(f"statement {name}: parameters {sorted(used)} are not those of API_STATEMENTS {sorted(order)}")
+    return _PLACEHOLDER.sub(lambda m: f"${order.index(m.group(1)) + 1}", text).replace("%%", "%")
+
 
 @dataclass(frozen=True)
 class Migration:

@@ -21,25 +21,33 @@ WHERE id = ANY(%(ids)s::bigint[]) AND id NOT IN (SELECT id FROM locked);
 -- name: enqueue
 -- Insert a batch (thousands per round trip) from one JSON array; wake idle workers by NOTIFY
 -- (delivered at commit, so enqueueing inside the caller's transaction wakes nobody early).
--- RETURNING gives the inserted rows; duplicates of an unfinished dedup_key are skipped.
+-- RETURNING gives the inserted rows; duplicates of an unfinished dedup_key are skipped. What a job
+-- leaves unset comes from its queue's settings (skiplock.queues): max_attempts (else 5) and the
+-- lifetimes; a ttl runs from when the job is due: expires_at = max(now, run_at) + ttl.
 WITH rows AS (
     SELECT * FROM jsonb_to_recordset(%(jobs)s::jsonb) AS r(
         ord integer, queue text, type text, payload jsonb, priority integer, run_at timestamptz,
         max_attempts integer, timeout_seconds double precision, tenant text, labels jsonb,
-        dedup_key text, depends_on bigint[], pending_deps integer, dep_error text)
+        dedup_key text, depends_on bigint[], pending_deps integer, dep_error text, ttl_seconds double precision,
+        result_ttl_seconds double precision, failure_ttl_seconds double precision, retry_policy jsonb)
 ), ins AS (
     INSERT INTO skiplock.jobs (queue, type, payload, priority, state, run_at, max_attempts,
                                timeout_seconds, tenant, labels, dedup_key, depends_on,
-                               pending_deps, last_error, finished_at)
-    SELECT queue, type, payload, priority,
-           CASE WHEN dep_error IS NOT NULL THEN 'cancelled'
-                WHEN pending_deps > 0 THEN 'blocked'
-                WHEN run_at > now() THEN 'scheduled'
+                               pending_deps, last_error, finished_at, retry_policy, ttl_seconds, expires_at,
+                               result_ttl_seconds, failure_ttl_seconds)
+    SELECT r.queue, r.type, r.payload, r.priority,
+           CASE WHEN r.dep_error IS NOT NULL THEN 'cancelled'
+                WHEN r.pending_deps > 0 THEN 'blocked'
+                WHEN r.run_at > now() THEN 'scheduled'
                 ELSE 'pending' END::skiplock.job_state,
-           coalesce(run_at, now()), max_attempts, timeout_seconds, tenant, labels, dedup_key,
-           depends_on, pending_deps, dep_error,
-           CASE WHEN dep_error IS NOT NULL THEN now() END
-    FROM rows ORDER BY ord
+           coalesce(r.run_at, now()), coalesce(r.max_attempts, q.max_attempts, 5), r.timeout_seconds, r.tenant,
+           r.labels, r.dedup_key, r.depends_on, r.pending_deps, r.dep_error,
+           CASE WHEN r.dep_error IS NOT NULL THEN now() END,
+           nullif(r.retry_policy, 'null'), coalesce(r.ttl_seconds, q.ttl_seconds),
+           greatest(r.run_at, now()) + make_interval(secs => coalesce(r.ttl_seconds, q.ttl_seconds)),
+           coalesce(r.result_ttl_seconds, q.result_ttl_seconds), coalesce(r.failure_ttl_seconds, q.failure_ttl_seconds)
+    FROM rows r LEFT JOIN skiplock.queues q ON q.name = r.queue
+    ORDER BY r.ord
     ON CONFLICT (queue, dedup_key)
         WHERE dedup_key IS NOT NULL AND state NOT IN {{finished}}
         DO NOTHING
@@ -60,7 +68,8 @@ WHERE j.state NOT IN {{finished}};
 -- Claim up to %(limit)s runnable jobs of one queue in one statement, highest priority first, then
 -- oldest run_at, then id: an ordered walk of jobs_claim_idx, no sort (guarded by an EXPLAIN test).
 -- A worker serving several queues claims from each in turn. Each claim spends an attempt and
--- starts a lease that the worker's heartbeat renews. Jobs of types that have limits are left to
+-- starts a lease that the worker's heartbeat renews. A job past its ttl is not claimed (maintenance
+-- ends it cancelled: `expire`). Jobs of types that have limits are left to
 -- claim_limited, so a worker that has not yet noticed a new limit can never break it.
 WITH next AS (
     SELECT id FROM skiplock.jobs
@@ -68,6 +77,7 @@ WITH next AS (
       AND queue = %(queue)s
       AND run_at <= now()
       AND (%(types)s::text[] IS NULL OR type = ANY(%(types)s::text[]))
+      AND (expires_at IS NULL OR expires_at > now())
       AND NOT EXISTS (SELECT 1 FROM skiplock.limits l WHERE l.type = jobs.type)
     ORDER BY priority DESC, run_at, id
     LIMIT %(limit)s
@@ -98,7 +108,8 @@ WITH f AS (
 ), done AS (
     UPDATE skiplock.jobs j
     SET state = CASE
-            WHEN f.outcome <> 'failed' THEN f.outcome  -- completed, cancelled, dead: as said
+            -- completed, cancelled, dead: as said
+            WHEN f.outcome <> 'failed' THEN f.outcome
             WHEN j.attempts >= j.max_attempts THEN 'dead'
             WHEN j.cancel_requested THEN 'cancelled'
             ELSE 'retry' END::skiplock.job_state,
@@ -106,7 +117,9 @@ WITH f AS (
         last_error = CASE WHEN f.outcome = 'completed' THEN j.last_error ELSE f.error END,
         run_at = CASE WHEN f.outcome = 'failed' AND j.attempts < j.max_attempts AND NOT j.cancel_requested
                       THEN now() + make_interval(secs => coalesce(
-                               f.retry_in, skiplock.retry_delay(%(retry_policy)s::jsonb, j.attempts)))
+                               f.retry_in, skiplock.retry_delay(coalesce(j.retry_policy,
+                                   (SELECT q.retry_policy FROM skiplock.queues q WHERE q.name = j.queue),
+                                   %(retry_policy)s::jsonb), j.attempts)))
                       ELSE j.run_at END,
         finished_at = CASE WHEN f.outcome = 'failed' AND j.attempts < j.max_attempts AND NOT j.cancel_requested
                            THEN NULL ELSE now() END,
@@ -210,7 +223,7 @@ SELECT pg_try_advisory_xact_lock(hashtext('skiplock.maintenance')) AS locked;
 -- name: rescue
 -- Recovery: running jobs whose lease expired, or whose worker is known to be gone (the operator
 -- passes the worker ids of deleted pods). The execution failed: the job retries after the retry
--- policy's delay, exactly as a failure recorded by finish would; dead when its attempts are spent;
+-- policy's delay (the job's, its queue's, else the caller's), exactly as a failure recorded by finish would; dead when its attempts are spent;
 -- cancelled when a cancel was requested (the request ends with its execution). Shared by the
 -- workers' maintenance service and the operator.
 WITH rescued AS (
@@ -219,7 +232,9 @@ WITH rescued AS (
                      WHEN j.cancel_requested THEN 'cancelled'
                      ELSE 'retry' END::skiplock.job_state,
         run_at = CASE WHEN j.attempts < j.max_attempts AND NOT j.cancel_requested
-                      THEN now() + make_interval(secs => skiplock.retry_delay(%(retry_policy)s::jsonb, j.attempts))
+                      THEN now() + make_interval(secs => skiplock.retry_delay(coalesce(j.retry_policy,
+                               (SELECT q.retry_policy FROM skiplock.queues q WHERE q.name = j.queue),
+                               %(retry_policy)s::jsonb), j.attempts))
                       ELSE j.run_at END,
         last_error = CASE WHEN j.worker_id = ANY(%(gone_workers)s::text[])
                           THEN 'worker ' || j.worker_id || ' is gone'
@@ -260,27 +275,82 @@ WITH moved AS (
 )
 SELECT count(*) AS moved FROM kept;
 
+-- name: expire
+-- Lifetimes, 1: jobs still waiting (scheduled, blocked, pending, retry) past expires_at (their ttl
+-- from when they were due) end cancelled with the reason, a bounded batch per call, oldest first.
+-- The claim already skips them; this records the end (and the caller settles their dependents).
+WITH expired AS (
+    UPDATE skiplock.jobs j
+    SET state = 'cancelled', finished_at = now(), updated_at = now(),
+        last_error = 'expired: not started within its ttl of ' || j.ttl_seconds || 's'
+    WHERE j.id IN (
+        SELECT id FROM skiplock.jobs
+        WHERE expires_at IS NOT NULL AND state IN {{expirable}} AND expires_at < now()
+        ORDER BY expires_at LIMIT %(limit)s
+        FOR UPDATE SKIP LOCKED)
+    RETURNING j.id, j.queue, j.state::text, j.notify_finish
+), notified AS (
+    SELECT pg_notify('skiplock_finished', id::text) FROM expired WHERE notify_finish
+)
+SELECT id, queue, state, (SELECT count(*) FROM notified) AS notified FROM expired;
+
+-- name: expire_finished
+-- Lifetimes, 2: finished jobs whose result_ttl (completed) or failure_ttl (dead, cancelled) has
+-- passed since they finished are deleted, from the hot table and the history, a bounded batch of
+-- each per call (jobs_delete_after_idx: only jobs with a lifetime are looked at).
+WITH hot AS (
+    DELETE FROM skiplock.jobs WHERE id IN (
+        SELECT id FROM skiplock.jobs
+        WHERE state IN {{finished}} AND (result_ttl_seconds IS NOT NULL OR failure_ttl_seconds IS NOT NULL)
+          AND skiplock.delete_after(state, finished_at, result_ttl_seconds, failure_ttl_seconds)
+              < (now() AT TIME ZONE 'UTC')
+        LIMIT %(limit)s
+        FOR UPDATE SKIP LOCKED)
+    RETURNING 1
+), hist AS (
+    DELETE FROM skiplock.jobs_history WHERE id IN (
+        SELECT id FROM skiplock.jobs_history
+        WHERE (result_ttl_seconds IS NOT NULL OR failure_ttl_seconds IS NOT NULL)
+          AND skiplock.delete_after(state, finished_at, result_ttl_seconds, failure_ttl_seconds)
+              < (now() AT TIME ZONE 'UTC')
+        LIMIT %(limit)s
+        FOR UPDATE SKIP LOCKED)
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM hot) + (SELECT count(*) FROM hist) AS deleted;
+
 -- name: purge
--- Delete finished jobs of the given states older than the given age, from both tables (whatever
--- states are asked for, only finished jobs).
+-- Delete finished jobs that match %(filter)s (skiplock.job_matches; older_than counts from when they
+-- finished), or only those of %(ids)s, from both tables (whatever the filter says, only finished jobs).
 WITH hot AS (
     DELETE FROM skiplock.jobs
-    WHERE state::text = ANY(%(states)s::text[]) AND state IN {{finished}}
-      AND finished_at < now() - make_interval(secs => %(older_than)s)
+    WHERE state IN {{finished}} AND (%(ids)s::bigint[] IS NULL OR id = ANY(%(ids)s::bigint[]))
+      AND skiplock.job_matches(%(filter)s::jsonb, queue, type, tenant, state, labels, finished_at)
     RETURNING 1
 ), hist AS (
     DELETE FROM skiplock.jobs_history
-    WHERE state::text = ANY(%(states)s::text[]) AND state IN {{finished}}
-      AND finished_at < now() - make_interval(secs => %(older_than)s)
+    WHERE state IN {{finished}} AND (%(ids)s::bigint[] IS NULL OR id = ANY(%(ids)s::bigint[]))
+      AND skiplock.job_matches(%(filter)s::jsonb, queue, type, tenant, state, labels, finished_at)
     RETURNING 1
 )
 SELECT (SELECT count(*) FROM hot) + (SELECT count(*) FROM hist) AS purged;
 
+-- name: count_matching
+-- How many jobs match %(filter)s (skiplock.job_matches), in the hot table and, unless %(hot_only)s,
+-- the history: what a bulk action will touch, said before it asks.
+SELECT count(*) AS jobs FROM (
+    SELECT queue, type, tenant, state, labels, coalesce(finished_at, created_at) AS since FROM skiplock.jobs
+    UNION ALL
+    SELECT queue, type, tenant, state, labels, coalesce(finished_at, created_at) FROM skiplock.jobs_history
+    WHERE NOT %(hot_only)s
+) j
+WHERE skiplock.job_matches(%(filter)s::jsonb, j.queue, j.type, j.tenant, j.state, j.labels, j.since);
+
 -- name: cancel
--- Cancel: jobs that have not started never run; a running job gets cancel_requested, which its
--- handler sees through the next heartbeat (cooperative). The request lives as long as that
--- execution: finish, rescue and release clear it, and end the job cancelled instead of running it
--- again (docs/state-machine.md).
+-- Cancel one job (%(id)s) or every job that matches %(filter)s: jobs that have not started never
+-- run; a running job gets cancel_requested, which its handler sees through the next heartbeat
+-- (cooperative). The request lives as long as that execution: finish, rescue and release clear it,
+-- and end the job cancelled instead of running it again (docs/state-machine.md).
 WITH c AS (
     UPDATE skiplock.jobs
     SET state = CASE WHEN state = 'running' THEN state ELSE 'cancelled' END::skiplock.job_state,
@@ -288,7 +358,8 @@ WITH c AS (
         last_error = CASE WHEN state = 'running' THEN last_error ELSE %(reason)s END,
         finished_at = CASE WHEN state = 'running' THEN finished_at ELSE now() END,
         updated_at = now()
-    WHERE id = %(id)s AND state IN {{cancellable}}
+    WHERE (%(id)s::bigint IS NULL OR id = %(id)s::bigint) AND state IN {{cancellable}}
+      AND skiplock.job_matches(%(filter)s::jsonb, queue, type, tenant, state, labels, created_at)
     RETURNING id, state::text, notify_finish
 ), notified AS (
     SELECT pg_notify('skiplock_finished', id::text) FROM c WHERE notify_finish AND state = 'cancelled'
@@ -301,26 +372,38 @@ WITH back AS (DELETE FROM skiplock.jobs_history WHERE id = %(id)s RETURNING *)
 INSERT INTO skiplock.jobs OVERRIDING SYSTEM VALUE SELECT * FROM back RETURNING id;
 
 -- name: retry
--- Run a finished or waiting job again now, with a fresh set of attempts.
+-- Run one job (%(id)s) or every job matching %(filter)s again now, with a fresh set of attempts (and a
+-- fresh ttl): finished or waiting jobs of the hot table (`unarchive` brings one back first).
 WITH r AS (
     UPDATE skiplock.jobs
     SET state = 'pending', attempts = 0, run_at = now(), finished_at = NULL, result = NULL,
-        cancel_requested = false, worker_id = NULL, lease_expires_at = NULL, updated_at = now()
-    WHERE id = %(id)s AND state IN {{retryable}}
-    RETURNING id, queue
-), wake AS (SELECT pg_notify('skiplock_jobs', queue) FROM r)
-SELECT id, queue, (SELECT count(*) FROM wake) AS woken FROM r;
-
--- name: retry_dead
--- Retry every job on the dead-letter list (optionally of one queue).
-WITH r AS (
-    UPDATE skiplock.jobs
-    SET state = 'pending', attempts = 0, run_at = now(), finished_at = NULL, worker_id = NULL,
-        updated_at = now()
-    WHERE state = 'dead' AND (%(queue)s::text IS NULL OR queue = %(queue)s)
+        cancel_requested = false, worker_id = NULL, lease_expires_at = NULL, updated_at = now(),
+        expires_at = now() + make_interval(secs => ttl_seconds)
+    WHERE (%(id)s::bigint IS NULL OR id = %(id)s::bigint) AND state IN {{retryable}}
+      AND skiplock.job_matches(%(filter)s::jsonb, queue, type, tenant, state, labels,
+                               coalesce(finished_at, created_at))
     RETURNING id, queue
 ), wake AS (SELECT pg_notify('skiplock_jobs', q.queue) FROM (SELECT DISTINCT queue FROM r) q)
-SELECT count(*) AS retried, (SELECT count(*) FROM wake) AS woken FROM r;
+SELECT id, queue, (SELECT count(*) FROM wake) AS woken FROM r;
+
+-- name: update_job
+-- Reprioritise or reschedule a job that has not started: a pending job moved later becomes
+-- scheduled, a scheduled one moved to now becomes pending (a retrying or blocked job keeps its
+-- state). Its ttl runs again from the new time it is due.
+WITH u AS (
+    UPDATE skiplock.jobs
+    SET priority = coalesce(%(priority)s::integer, priority),
+        run_at = coalesce(%(run_at)s::timestamptz, run_at),
+        state = CASE WHEN state = 'pending' OR state = 'scheduled'
+                     THEN CASE WHEN coalesce(%(run_at)s::timestamptz, run_at) > now() THEN 'scheduled' ELSE 'pending' END
+                     ELSE state::text END::skiplock.job_state,
+        expires_at = CASE WHEN %(run_at)s::timestamptz IS NULL THEN expires_at
+                          ELSE greatest(%(run_at)s::timestamptz, now()) + make_interval(secs => ttl_seconds) END,
+        updated_at = now()
+    WHERE id = %(id)s AND state IN {{expirable}}
+    RETURNING id, queue, state::text
+), wake AS (SELECT pg_notify('skiplock_jobs', queue) FROM u WHERE state = 'pending')
+SELECT id, queue, state, (SELECT count(*) FROM wake) AS woken FROM u;
 
 -- name: watch
 -- A producer about to wait for a result asks for a NOTIFY when the job finishes.
@@ -334,13 +417,15 @@ UNION ALL
 SELECT *, true AS archived FROM skiplock.jobs_history WHERE id = %(id)s;
 
 -- name: list_jobs
--- Newest first, from both tables, filtered by any of state, queue, type, tenant. With %(brief)s
--- (list pages), the payload and result stay in the database (NULL here, never read from storage)
--- and the error is cut to its first 4000 characters: a page costs the same whatever the jobs hold.
+-- Newest first, from both tables, filtered by %(filter)s (skiplock.job_matches: states, queue, type,
+-- tenant, labels). With %(brief)s (list pages), the payload and result stay in the database (NULL
+-- here, never read from storage) and the error is cut to its first 4000 characters: a page costs
+-- the same whatever the jobs hold.
 SELECT j.id, j.queue, j.type, j.priority, j.state, j.run_at, j.attempts, j.max_attempts,
        j.timeout_seconds, j.tenant, j.labels, j.dedup_key, j.depends_on, j.pending_deps,
        j.cancel_requested, j.worker_id, j.lease_expires_at, j.created_at, j.updated_at, j.started_at,
-       j.finished_at, j.archived,
+       j.finished_at, j.archived, j.retry_policy, j.ttl_seconds, j.expires_at, j.result_ttl_seconds,
+       j.failure_ttl_seconds,
        CASE WHEN %(brief)s THEN NULL ELSE j.payload END AS payload,
        CASE WHEN %(brief)s THEN NULL ELSE j.result END AS result,
        CASE WHEN %(brief)s THEN left(j.last_error, 4000) ELSE j.last_error END AS last_error
@@ -349,10 +434,8 @@ FROM (
     UNION ALL
     SELECT *, true AS archived FROM skiplock.jobs_history
 ) j
-WHERE (%(state)s::text IS NULL OR j.state::text = %(state)s)
-  AND (%(queue)s::text IS NULL OR j.queue = %(queue)s)
-  AND (%(type)s::text IS NULL OR j.type = %(type)s)
-  AND (%(tenant)s::text IS NULL OR j.tenant = %(tenant)s)
+WHERE skiplock.job_matches(%(filter)s::jsonb, j.queue, j.type, j.tenant, j.state, j.labels,
+                           coalesce(j.finished_at, j.created_at))
 ORDER BY j.id DESC
 LIMIT %(limit)s OFFSET %(offset)s;
 
@@ -427,6 +510,7 @@ WITH lim AS (
     WHERE j.state IN {{runnable}}
       AND j.queue = %(queue)s
       AND j.run_at <= now()
+      AND (j.expires_at IS NULL OR j.expires_at > now())
       AND (%(types)s::text[] IS NULL OR j.type = ANY(%(types)s::text[]))
       AND NOT EXISTS (
           SELECT 1 FROM lim l
@@ -605,3 +689,59 @@ SELECT true AS valid FROM skiplock.ui_sessions WHERE digest = %(digest)s AND exp
 -- name: ui_session_revoke
 -- Logout: the session ends on every UI replica at once.
 DELETE FROM skiplock.ui_sessions WHERE digest = %(digest)s;
+
+-- name: set_queue
+-- Queue defaults: every value given replaces the stored one; NULL keeps it (%(clear)s names the
+-- settings to remove).
+INSERT INTO skiplock.queues AS q (name, max_attempts, ttl_seconds, result_ttl_seconds, failure_ttl_seconds,
+                                  retry_policy, source)
+VALUES (%(name)s, %(max_attempts)s, %(ttl_seconds)s, %(result_ttl_seconds)s, %(failure_ttl_seconds)s,
+        %(retry_policy)s::jsonb, %(source)s)
+ON CONFLICT (name) DO UPDATE SET
+    max_attempts = CASE WHEN 'max_attempts' = ANY(%(clear)s::text[]) THEN NULL
+                        ELSE coalesce(excluded.max_attempts, q.max_attempts) END,
+    ttl_seconds = CASE WHEN 'ttl' = ANY(%(clear)s::text[]) THEN NULL
+                       ELSE coalesce(excluded.ttl_seconds, q.ttl_seconds) END,
+    result_ttl_seconds = CASE WHEN 'result_ttl' = ANY(%(clear)s::text[]) THEN NULL
+                              ELSE coalesce(excluded.result_ttl_seconds, q.result_ttl_seconds) END,
+    failure_ttl_seconds = CASE WHEN 'failure_ttl' = ANY(%(clear)s::text[]) THEN NULL
+                               ELSE coalesce(excluded.failure_ttl_seconds, q.failure_ttl_seconds) END,
+    retry_policy = CASE WHEN 'retry' = ANY(%(clear)s::text[]) THEN NULL
+                        ELSE coalesce(excluded.retry_policy, q.retry_policy) END,
+    source = excluded.source, updated_at = now()
+RETURNING *;
+
+-- name: replace_queue
+-- A declaration (a JobQueue's spec.queueSettings) states the whole of a queue's settings.
+INSERT INTO skiplock.queues (name, max_attempts, ttl_seconds, result_ttl_seconds, failure_ttl_seconds,
+                             retry_policy, source)
+VALUES (%(name)s, %(max_attempts)s, %(ttl_seconds)s, %(result_ttl_seconds)s, %(failure_ttl_seconds)s,
+        %(retry_policy)s::jsonb, %(source)s)
+ON CONFLICT (name) DO UPDATE SET
+    max_attempts = excluded.max_attempts, ttl_seconds = excluded.ttl_seconds,
+    result_ttl_seconds = excluded.result_ttl_seconds, failure_ttl_seconds = excluded.failure_ttl_seconds,
+    retry_policy = excluded.retry_policy, source = excluded.source, updated_at = now()
+RETURNING *;
+
+-- name: remove_queue
+DELETE FROM skiplock.queues WHERE name = %(name)s RETURNING name;
+
+-- name: remove_queues_of_source
+-- Sync from a declaration (a JobQueue's spec.queueSettings): drop what it no longer declares.
+DELETE FROM skiplock.queues WHERE source = %(source)s AND NOT (name = ANY(%(keep)s::text[])) RETURNING name;
+
+-- name: list_queues
+-- Every queue that has settings or jobs, with its settings (NULL: the default).
+SELECT n.name, q.max_attempts, q.ttl_seconds, q.result_ttl_seconds, q.failure_ttl_seconds, q.retry_policy,
+       q.source, q.updated_at
+FROM (SELECT name FROM skiplock.queues UNION SELECT DISTINCT queue FROM skiplock.jobs) n
+LEFT JOIN skiplock.queues q ON q.name = n.name
+ORDER BY n.name;
+
+-- name: api_claim
+-- The pull API's claim: the SQL API's (limits included), whole rows.
+SELECT * FROM skiplock.claim(%(queue)s, %(worker_id)s, %(max_jobs)s, %(lease_seconds)s, %(types)s::text[]);
+
+-- name: api_heartbeat
+-- The pull API's heartbeat: every lease of this worker id.
+SELECT skiplock.heartbeat(%(worker_id)s, %(lease_seconds)s) AS renewed;

@@ -1,5 +1,6 @@
-"""The POST actions (each CSRF-checked): retry, cancel, retry every dead job, pause/resume a
-schedule, token login and logout. Each ends in a redirect (303) to the page it came from."""
+"""The POST actions (each CSRF-checked): retry, cancel, retry every dead job, the bulk actions on a
+filtered list (cancel, purge or retry every job that matches, after a page that says how many),
+pause/resume a schedule, token login and logout. Each ends in a redirect (303) to the page it came from."""
 
 from __future__ import annotations
 
@@ -9,9 +10,11 @@ from urllib.parse import urlencode
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
+from .. import states
 from . import csrf
 from .auth import SESSION_COOKIE, SESSION_SECONDS
 from .pages import BadRequest, auth_of, queue_of, render
+from .views import FILTER_FIELDS, job_filter
 
 FAILED_LOGIN_DELAY = 0.5
 
@@ -47,6 +50,46 @@ async def retry_dead(request: Request) -> Response:
     retried = await q.retry_dead(queue)
     back = {"state": "dead", **({"queue": queue} if queue else {})}
     return _redirect("/jobs", **back, done="retried-all", n=retried)
+
+
+BULK = {
+    "cancel": ("Cancel", "Jobs that have not started never run; running ones are asked to stop.",
+               states.CANCELLABLE),
+    "purge": ("Delete", "Finished and waiting jobs are deleted (running ones are left alone); waiting jobs "
+              "that others depend on cancel those first.", states.PURGEABLE | states.EXPIRABLE),
+    "retry": ("Retry", "Finished and waiting jobs go back to pending with fresh attempts; workers start them at "
+              "once.", states.RETRYABLE),
+}
+
+
+async def bulk(request: Request) -> Response:
+    """Cancel, purge or retry every job the list's filters match: a page says how many first."""
+    form = await csrf.check(request, auth_of(request))
+    action = str(form.get("action", ""))
+    if action not in BULK:
+        raise BadRequest(f"unknown bulk action {action!r}: one of {', '.join(BULK)}")
+    fields = {k: str(form.get(k, "")).strip() or None for k in FILTER_FIELDS}
+    where = job_filter(fields)
+    if not any(fields.values()):
+        raise BadRequest("filter the list first (state, queue, type, tenant or label): a bulk action never "
+                         "takes every job")
+    verb, explanation, allowed = BULK[action]
+    scope = where.narrowed(states.ordered(allowed))
+    q = queue_of(request)
+    if form.get("confirm") != "yes":
+        count = await q.count_jobs(scope, hot_only=action != "purge") if scope.states else 0
+        return render(request, "bulk.html", {"action": action, "verb": verb, "explanation": explanation,
+                                             "count": count, "fields": fields, "described": where.describe()})
+    if not scope.states:
+        done = 0
+    elif action == "cancel":
+        done = await q.cancel_jobs(where)
+    elif action == "purge":
+        done = await q.purge_jobs(where)
+    else:
+        done = await q.retry_jobs(where)
+    back = {k: v for k, v in fields.items() if v}
+    return _redirect("/jobs", **back, done=f"bulk-{action}", n=done)
 
 
 async def _set_paused(request: Request, paused: bool) -> Response:

@@ -34,6 +34,7 @@ ROUTES = [
     Route("/", views.overview),
     Route("/jobs", views.jobs),
     Route("/jobs/retry-dead", actions.retry_dead, methods=["POST"]),
+    Route("/jobs/bulk", actions.bulk, methods=["POST"]),
     Route("/jobs/{job_id:int}", views.job_detail),
     Route("/jobs/{job_id:int}/retry", actions.retry, methods=["POST"]),
     Route("/jobs/{job_id:int}/cancel", actions.cancel, methods=["POST"]),

@@ -23,6 +23,9 @@ NOTICES = {
     "cancelled": "Job cancelled.",
     "cancel-requested": "Cancel requested: the running handler has been asked to stop.",
     "retried-all": "Retried {n} dead job(s).",
+    "bulk-cancel": "Cancelled {n} job(s) (running ones were asked to stop).",
+    "bulk-purge": "Deleted {n} job(s).",
+    "bulk-retry": "Retried {n} job(s).",
     "paused": "Schedule paused.",
     "resumed": "Schedule resumed.",
 }

@@ -11,7 +11,8 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 
 from .. import states
-from ..errors import JobNotFound
+from ..errors import InvalidJob, JobNotFound
+from ..filters import JobFilter, parse_label
 from ..models import JobRecord, State
 from .pages import BadRequest, int_param, queue_of, render
 
@@ -75,18 +76,35 @@ def _text_param(request: Request, name: str) -> str | None:
     return value or None
 
 
+FILTER_FIELDS = ("state", "queue", "type", "tenant", "label")
+
+
+def job_filter(values: dict[str, str | None]) -> JobFilter:
+    """The filter of a job list (query parameters, or a bulk action's form fields): one state, queue,
+    type, tenant and label (``k=v``), each optional."""
+    state, label = values.get("state"), values.get("label")
+    if state is not None and state not in STATES:
+        raise BadRequest(f"unknown state {state!r}: one of {', '.join(STATES)}")
+    try:
+        labels = dict([parse_label(label)]) if label else {}
+    except InvalidJob as exc:
+        raise BadRequest(str(exc)) from None
+    return JobFilter(queue=values.get("queue"), type=values.get("type"), tenant=values.get("tenant"),
+                     states=(state,) if state else (), labels=labels)
+
+
 async def jobs(request: Request) -> Response:
-    """Newest first, filtered by state, queue, type and tenant, a page at a time."""
-    filters = {k: _text_param(request, k) for k in ("state", "queue", "type", "tenant")}
-    if filters["state"] is not None and filters["state"] not in STATES:
-        raise BadRequest(f"unknown state {filters['state']!r}: one of {', '.join(STATES)}")
+    """Newest first, filtered by state, queue, type, tenant and label, a page at a time."""
+    filters = {k: _text_param(request, k) for k in FILTER_FIELDS}
+    where = job_filter(filters)
     size = int_param(request, "size", 50, 1, 1000)
     if size not in PAGE_SIZES:
         raise BadRequest(f"size must be one of {', '.join(map(str, PAGE_SIZES))}")
     page = int_param(request, "page", 1, 1, 1_000_000)
     q = queue_of(request)
     found, stats = await asyncio.gather(
-        q.list_jobs(**filters, limit=size + 1, offset=(page - 1) * size, brief=True), q.stats())
+        q.list_jobs(state=filters["state"], queue=filters["queue"], type=filters["type"], tenant=filters["tenant"],
+                    labels=dict(where.labels), limit=size + 1, offset=(page - 1) * size, brief=True), q.stats())
     active = {k: v for k, v in filters.items() if v is not None}
     if size != 50:
         active["size"] = str(size)
@@ -107,7 +125,7 @@ async def jobs(request: Request) -> Response:
         "jobs": found[:size], "filters": filters, "states": STATES, "page": page, "size": size,
         "sizes": PAGE_SIZES, "first": (page - 1) * size + 1, "has_next": len(found) > size,
         "link": link, "known_queues": sorted({s["queue"] for s in stats}), "dead": dead,
-        "now": datetime.now(UTC),
+        "now": datetime.now(UTC), "filtered": where != JobFilter(),
     })
 
 
