@@ -258,7 +258,7 @@ def test_every_documented_variable_sets_an_option(monkeypatch: pytest.MonkeyPatc
     no_flag = {*LIBRARY_VARIABLES, "SKIPLOCK_UI_TOKEN", "SKIPLOCK_UI_USER", "SKIPLOCK_UI_PASSWORD",  # secrets
                "SKIPLOCK_TEST_DATABASE_URL", "SKIPLOCK_SKIP_SETUP", "SKIPLOCK_SKIP_CHAOS", "SKIPLOCK_CHAOS_REPORT",
                "SKIPLOCK_UI_SCREENSHOTS", "SKIPLOCK_IMAGES", "SKIPLOCK_IMAGE_TAG", "SKIPLOCK_IMAGE_CACHE",
-               "SKIPLOCK_BUILD_LAYERS", "SKIPLOCK_SKIP_K8S", "SKIPLOCK_K8S_CACHE",
+               "SKIPLOCK_BUILD_LAYERS", "SKIPLOCK_SKIP_K8S", "SKIPLOCK_SKIP_E2E", "SKIPLOCK_K8S_CACHE",
                "SKIPLOCK_REQUIRE_TOOLS"}  # the test suite's own switches
     assert {"SKIPLOCK_QUEUES", "SKIPLOCK_HANDLERS", "SKIPLOCK_LOG_LEVEL", "SKIPLOCK_UI_PORT"} <= used
     orphans = used - no_flag - set(names)
