@@ -6,6 +6,16 @@ placeholders ``%(name)s`` become pgbench variables ``:name``. One pgbench transa
 worker does per batch: the claim (its own commit), then finish + propagate in one transaction.
 The claimed rows are folded into the finish batch by wrapping the claim in a CTE whose single
 output row ``\\gset`` stores, since pgbench variables hold one value each.
+
+The floor is the best any client count (``profile.floor_clients``: 1, 2, 4, 8) reaches at each
+batch, all in the same run; the *batched floor* is the best over the batches the worker uses
+(every measured batch above 1), so "x % of the floor" never flatters.
+
+The *latency floor* (``latency``): an idle listener process (its own connection, LISTEN) and a
+producer connection. The producer commits skiplock's ``enqueue`` of one job (INSERT + NOTIFY, one
+statement, one commit); the listener wakes on the notification and commits skiplock's ``claim``
+of one row (SKIP LOCKED). Measured from the producer's start to the claim's commit, on one clock:
+what PostgreSQL allows for enqueue -> claimed, with a Python client that does nothing else.
 """
 
 from __future__ import annotations
@@ -121,13 +131,99 @@ def drain(server: Server, dsn: str, jobs: int, batch: int, clients: int) -> dict
             "cycle_latency_ms": out["latency_ms"], "commits_per_job": 2 / batch}
 
 
+def batches(profile: Profile) -> list[int]:
+    """The batches measured: the profile's, the worker's claim batch and its concurrency."""
+    return sorted({*profile.floor_batches, profile.batch, profile.concurrency})
+
+
 def run(server: Server, profile: Profile) -> dict[str, Any]:
     from .peers.skiplock_peer import SkiplockPeer
 
     results = []
-    for batch in sorted({*profile.floor_batches, profile.batch, profile.concurrency}):
+    for batch in batches(profile):
         jobs = profile.drain_jobs if batch > 1 else max(1000, profile.drain_jobs // 20)  # ~2 commits/job: slow
-        with server.database("floor") as dsn:
-            SkiplockPeer().setup(dsn)
-            results.append(drain(server, dsn, jobs, batch, profile.floor_clients))
-    return {"runs": results, "script": cycle_script()}
+        for clients in profile.floor_clients:
+            with server.database("floor") as dsn:
+                SkiplockPeer().setup(dsn)
+                results.append(drain(server, dsn, jobs, batch, clients))
+    best: dict[int, dict[str, Any]] = {}
+    for r in results:
+        if r["batch"] not in best or r["jobs_per_s"] > best[r["batch"]]["jobs_per_s"]:
+            best[r["batch"]] = r
+    for r in results:
+        r["best_for_batch"] = r is best[r["batch"]]
+    batched = [r for r in best.values() if r["batch"] > 1] or list(best.values())
+    top = max(batched, key=lambda r: r["jobs_per_s"])
+    with server.database("floor_latency") as dsn:
+        SkiplockPeer().setup(dsn)
+        lat = latency(dsn, profile.singles)
+    return {"runs": results, "script": cycle_script(), "clients": list(profile.floor_clients),
+            "batched": {"jobs_per_s": top["jobs_per_s"], "batch": top["batch"], "clients": top["clients"]},
+            "latency": lat}
+
+
+# -- latency floor --------------------------------------------------------------------------------
+
+def _claim_params() -> dict[str, Any]:
+    return {"queue": "default", "types": [JOB_TYPE], "limit": 1, "worker_id": WORKER_ID, "lease_seconds": 30}
+
+
+def _listen(dsn: str, ready: Any, out: Any, count: int) -> None:
+    """The idle listener (its own process): wait for a notification, claim one job, commit; send
+    (woken at, claimed at) as epoch seconds for each job."""
+    with psycopg.connect(dsn, autocommit=True, prepare_threshold=0) as conn:
+        conn.execute("LISTEN skiplock_jobs")
+        claim = QUERIES["claim"]
+        conn.execute(claim, _claim_params())  # warm: plan and caches, claims nothing
+        ready.set()
+        done = 0
+        while done < count:
+            if not list(conn.notifies(timeout=60, stop_after=1)):
+                return
+            woken = time.time()
+            while True:
+                rows = conn.execute(claim, _claim_params()).fetchall()
+                if not rows:
+                    break
+                out.send((woken, time.time()))
+                done += 1
+
+
+def latency(dsn: str, count: int) -> dict[str, Any]:
+    """Producer start -> claim commit for ``count`` single jobs with short random gaps; p50/p95,
+    with the parts: producer's commit returned, listener woken, claim committed."""
+    import multiprocessing
+    import random
+
+    from .stats import summary
+
+    ctx = multiprocessing.get_context("spawn")
+    ready = ctx.Event()
+    recv, send = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_listen, args=(dsn, ready, send, count + 1), daemon=True)
+    proc.start()
+    try:
+        if not ready.wait(60):
+            raise RuntimeError("latency floor: the listener did not start")
+        ((_, params),) = next(plans.enqueue([make_spec(JOB_TYPE, payload={})]))
+        total, commit, wake, claim = [], [], [], []
+        with psycopg.connect(dsn, autocommit=True, prepare_threshold=0) as conn:
+            for n in range(count + 1):  # the first is a warm-up
+                time.sleep(random.uniform(0.02, 0.06))
+                started = time.time()
+                conn.execute(QUERIES["enqueue"], params)
+                committed = time.time()
+                if not recv.poll(30):
+                    raise RuntimeError("latency floor: no claim within 30 s")
+                woken, claimed = recv.recv()
+                if n:
+                    total.append((claimed - started) * 1000)
+                    commit.append((committed - started) * 1000)
+                    wake.append((woken - started) * 1000)
+                    claim.append((claimed - woken) * 1000)
+    finally:
+        proc.join(10)
+        if proc.is_alive():
+            proc.kill()
+    return {"total_ms": summary(total), "enqueue_commit_ms": summary(commit), "wake_ms": summary(wake),
+            "claim_ms": summary(claim), "jobs": count}

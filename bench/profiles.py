@@ -29,13 +29,14 @@ class Profile:
     singles: int = 200
     bursts: int = 20
     burst_size: int = 100
-    # SQL floor (pgbench): batch sizes per commit, clients
+    # SQL floor (pgbench): batch sizes per commit; the client counts tried at each (the floor is the best)
     floor_batches: tuple[int, ...] = (1, 50)
-    floor_clients: int = 2
+    floor_clients: tuple[int, ...] = (1, 2, 4, 8)
     # scale of history: pending backlogs, and completed jobs pushed through before the bloat case
     scale_pending: tuple[int, ...] = (10_000, 1_000_000, 10_000_000)
     scale_bloat: int = 1_000_000
     scale_seconds: float = 15.0
+    scale_clients: int = 2
     # connections and heartbeats with long-running jobs
     lease_jobs: int = 300
     lease_window_s: float = 45.0
@@ -62,7 +63,7 @@ QUICK = Profile(
 TINY = Profile(
     "tiny", rounds=1, processes=1, concurrency=10, batch=5, warmup_s=0.5, window_s=1.5, producers=1, producer_batch=20,
     backlog=200, drain_jobs=1000, drain_cap_s=15.0, singles=4, bursts=2, burst_size=5,
-    floor_batches=(1, 5), floor_clients=1, scale_pending=(1000, 5000), scale_bloat=2000,
+    floor_batches=(1, 5), floor_clients=(1, 2), scale_clients=1, scale_pending=(1000, 5000), scale_bloat=2000,
     scale_seconds=1.0, lease_jobs=10, lease_window_s=2.0, limit_sleep_s=0.1, limit_concurrency_jobs=40,
     limit_rate=20.0, limit_rate_jobs=50, sim_hours=0.5)
 

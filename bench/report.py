@@ -82,11 +82,19 @@ def headline(results: dict[str, Any]) -> dict[str, float | None]:
                                              lat.get(peer, {}).get("single_ms", {}).get("p95"))
     floor = results.get("floor", {})
     out["drain_vs_floor"] = _div(rate(drain, "skiplock"), floor_rate(floor, results))
+    out["continuous_vs_floor"] = _div(rate(cont, "skiplock"), floor_rate(floor, results))
+    single = lat.get("skiplock", {}).get("single_ms", {})
+    lfloor = floor.get("latency", {}).get("total_ms", {})
+    out["latency_p50_vs_floor"] = _div(single.get("p50"), lfloor.get("p50"))
+    out["latency_p95_vs_floor"] = _div(single.get("p95"), lfloor.get("p95"))
     return out
 
 
 def floor_rate(floor: dict[str, Any], results: dict[str, Any]) -> float | None:
-    """The floor at the skiplock worker's claim batch (``--claim-batch``, the profile's batch)."""
+    """The batched SQL floor: the best jobs/s of any client count at any batch above 1 (older
+    results without it: the run at the worker's claim batch)."""
+    if floor.get("batched"):
+        return float(floor["batched"]["jobs_per_s"])
     batch = results.get("profile", {}).get("batch")
     runs = floor.get("runs", [])
     match = [r for r in runs if r["batch"] == batch] or runs[-1:]
@@ -118,8 +126,11 @@ def markdown(results: dict[str, Any], plots: list[str]) -> str:
         lines += _table(["skiplock vs", "continuous jobs/s", "drain jobs/s", "single-job p95 latency"], [
             [peer, _x(h.get(f"continuous_vs_{peer}")), _x(h.get(f"drain_vs_{peer}")),
              _x(h.get(f"latency_p95_vs_{peer}")) + " (lower is better)"] for peer in PEERS[1:]])
-        lines += ["", f"skiplock's drain reaches **{_pct(h.get('drain_vs_floor'))}** of the SQL floor "
-                  "(pgbench running its own claim and finish statements at the worker's batch size).", ""]
+        lines += ["", f"skiplock's drain reaches **{_pct(h.get('drain_vs_floor'))}** of the batched SQL floor "
+                  "(pgbench running its own claim and finish statements, the best of every client count and batch)"
+                  + (f"; its single-job start latency is **{_x(h.get('latency_p50_vs_floor'))}** the latency "
+                     f"floor at p50 and **{_x(h.get('latency_p95_vs_floor'))}** at p95 (lower is better)"
+                     if h.get("latency_p95_vs_floor") is not None else "") + ".", ""]
     lines += _queue_section(results)
     lines += _floor_section(results)
     lines += _scale_section(results)
@@ -144,6 +155,11 @@ def _closing(results: dict[str, Any]) -> list[str]:
                      f"rate, at **{_pct(h.get('drain_vs_floor'))}** of the SQL floor on drain; its single-job p95 "
                      f"start latency was {_x(h.get('latency_p95_vs_pgqueuer'))} PgQueuer's and "
                      f"{_x(h.get('latency_p95_vs_procrastinate'))} procrastinate's.")
+        if h.get("latency_p95_vs_floor") is not None:
+            parts.append(f"Against the latency floor (INSERT + NOTIFY committed, an idle listener's one-row claim "
+                         f"committed) its enqueue -> handler start was **{_x(h.get('latency_p50_vs_floor'))}** at "
+                         f"p50 and **{_x(h.get('latency_p95_vs_floor'))}** at p95; continuous throughput was "
+                         f"{_pct(h.get('continuous_vs_floor'))} of the batched floor.")
     li = results.get("limits")
     if li:
         c, r, t = li["concurrency"], li["rate"], li["throughput"]
@@ -225,13 +241,39 @@ def _floor_section(results: dict[str, Any]) -> list[str]:
     if not floor:
         return []
     drain = results.get("queue", {}).get("drain", {}).get("skiplock", {}).get("jobs_per_s")
-    rows = [[str(r["batch"]), str(r["clients"]), _num(r["jobs"]), _num(r["jobs_per_s"]), _num(r["commits_per_job"], 3),
-             _num(r["cycle_latency_ms"], 1), _pct(_div(drain, r["jobs_per_s"]))] for r in floor["runs"]]
-    return ["### SQL floor (pgbench, no Python)", "",
-            "pgbench runs skiplock's `claim`, then `finish` + `propagate` in one transaction (the worker's cycle), "
-            "translated from `skiplock.sql.QUERIES`; a queue pre-filled like the drain.", "",
-            *_table(["jobs per commit (batch)", "clients", "jobs", "jobs/s", "commits/job", "cycle latency ms",
-                     "skiplock drain / floor"], rows), ""]
+    rows = [[str(r["batch"]), str(r["clients"]) + (" (best)" if r.get("best_for_batch") else ""), _num(r["jobs"]),
+             _num(r["jobs_per_s"]), _num(r["commits_per_job"], 3), _num(r["cycle_latency_ms"], 1),
+             _pct(_div(drain, r["jobs_per_s"]))] for r in floor["runs"]]
+    lines = ["### SQL floor (pgbench, no Python)", "",
+             "pgbench runs skiplock's `claim`, then `finish` + `propagate` in one transaction (the worker's cycle), "
+             "translated from `skiplock.sql.QUERIES`; a queue pre-filled like the drain; every client count at every "
+             "batch, in the same run.", "",
+             *_table(["jobs per commit (batch)", "clients", "jobs", "jobs/s", "commits/job", "cycle latency ms",
+                      "skiplock drain / floor"], rows), ""]
+    b = floor.get("batched")
+    if b:
+        lines += [f"**Batched floor:** {_num(b['jobs_per_s'])} jobs/s (batch {b['batch']}, {b['clients']} clients), "
+                  "the best of every run above 1 job per commit: skiplock's drain is "
+                  f"{_pct(_div(drain, b['jobs_per_s']))} of it.", ""]
+    lat = floor.get("latency")
+    if lat:
+        mine = results.get("queue", {}).get("latency", {}).get("skiplock", {}).get("single_ms", {})
+        rows = [[label, _num(lat[key]["p50"], 2), _num(lat[key]["p95"], 2)]
+                for label, key in (("producer's enqueue committed (INSERT + NOTIFY)", "enqueue_commit_ms"),
+                                   ("listener woken", "wake_ms"),
+                                   ("claim statement committed, after the wake-up", "claim_ms"),
+                                   ("**total: producer start -> claim committed (the floor)**", "total_ms"))]
+        if mine:
+            rows.append(["skiplock: enqueue -> handler start (latency benchmark, single jobs)",
+                         _num(mine.get("p50"), 2), _num(mine.get("p95"), 2)])
+            rows.append(["skiplock / floor", _x(_div(mine.get("p50"), lat["total_ms"]["p50"])),
+                         _x(_div(mine.get("p95"), lat["total_ms"]["p95"]))])
+        lines += ["**Latency floor** (one producer connection commits skiplock's `enqueue` of one job, INSERT + "
+                  "NOTIFY; an idle listener process with its own connection wakes and commits skiplock's `claim` "
+                  f"of one row, SKIP LOCKED; {lat['jobs']} single jobs with 20-60 ms gaps; ms from the producer's "
+                  "start, one clock):", "",
+                  *_table(["step", "p50 ms", "p95 ms"], rows), ""]
+    return lines
 
 
 def _scale_section(results: dict[str, Any]) -> list[str]:

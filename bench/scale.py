@@ -52,7 +52,7 @@ def measure(server: Server, dsn: str, profile: Profile) -> dict[str, Any]:
         conn.execute("SELECT pg_stat_statements_reset()")
     started = time.perf_counter()
     floor.pgbench(server, dsn, floor.cycle_script(replenish=True), floor.defines(batch, replenish=True),
-                  profile.floor_clients, seconds=profile.scale_seconds)
+                  profile.scale_clients, seconds=profile.scale_seconds)
     elapsed = time.perf_counter() - started
     with psycopg.connect(dsn, autocommit=True) as conn:
         done = _completed(conn) - done0
@@ -87,8 +87,8 @@ def run(server: Server, profile: Profile) -> dict[str, Any]:
         started = time.perf_counter()
         insert_pending(dsn, profile.scale_bloat)
         batch = 5 * profile.concurrency  # bigger batches push the history through faster
-        floor.pgbench(server, dsn, floor.cycle_script(), floor.defines(batch), profile.floor_clients,
-                      transactions=math.ceil(profile.scale_bloat / batch / profile.floor_clients) + 1)
+        floor.pgbench(server, dsn, floor.cycle_script(), floor.defines(batch), profile.scale_clients,
+                      transactions=math.ceil(profile.scale_bloat / batch / profile.scale_clients) + 1)
         with psycopg.connect(dsn, autocommit=True) as conn:
             conn.execute("INSERT INTO skiplock.jobs (queue, type, payload) "
                          "SELECT 'default', %s, '{}' FROM generate_series(1, %s)", (JOB_TYPE, small))
@@ -105,5 +105,5 @@ def run(server: Server, profile: Profile) -> dict[str, Any]:
     for case in cases:
         case["ratio"] = case["jobs_per_s"] / base["jobs_per_s"] if base["jobs_per_s"] else None
         case["claim_ratio"] = case["claim_ms"] / base["claim_ms"] if base["claim_ms"] else None
-    return {"cases": cases, "batch": profile.concurrency, "clients": profile.floor_clients,
+    return {"cases": cases, "batch": profile.concurrency, "clients": profile.scale_clients,
             "seconds": profile.scale_seconds}
