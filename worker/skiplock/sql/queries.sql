@@ -504,7 +504,24 @@ WITH lim AS (
     FROM skiplock.jobs j
     WHERE j.state = 'running' AND j.type IN (SELECT type FROM lim)
     GROUP BY 1, 2
+), blocked AS (
+    -- The keys with no headroom: a limit on the whole type ('') blocks every tenant (NULL); a
+    -- limit on one tenant blocks that tenant; a per-tenant limit ('*') blocks each tenant whose
+    -- running jobs reach it (a tenant with none running always has headroom: concurrency > 0).
+    SELECT l.type, CASE WHEN l.tenant = '' THEN NULL ELSE l.tenant END AS tenant
+    FROM lim l
+    WHERE l.tenant <> '*'
+      AND least(coalesce(l.concurrency - (SELECT coalesce(sum(b.n), 0) FROM busy b
+                                          WHERE b.type = l.type AND (l.tenant = '' OR b.tenant = l.tenant)),
+                         2147483647),
+                coalesce(floor(l.tokens_now), 2147483647)) <= 0
+    UNION ALL
+    SELECT l.type, b.tenant FROM lim l JOIN busy b ON b.type = l.type
+    WHERE l.tenant = '*' AND b.n >= l.concurrency
 ), cand AS (
+    -- The blocked keys are two arrays computed once (InitPlans), tested as a plain filter: an
+    -- anti-join here let stale statistics turn the ordered index walk into a hash join over every
+    -- runnable job and a sort (114 ms per claim measured mid-drain, against ~1 ms for the walk).
     SELECT j.id, j.type, coalesce(j.tenant, '') AS tenant, j.priority, j.run_at
     FROM skiplock.jobs j
     WHERE j.state IN {{runnable}}
@@ -512,14 +529,9 @@ WITH lim AS (
       AND j.run_at <= now()
       AND (j.expires_at IS NULL OR j.expires_at > now())
       AND (%(types)s::text[] IS NULL OR j.type = ANY(%(types)s::text[]))
-      AND NOT EXISTS (
-          SELECT 1 FROM lim l
-          WHERE l.type = j.type AND l.tenant IN ('', '*', coalesce(j.tenant, ''))
-            AND least(coalesce(l.concurrency - (SELECT coalesce(sum(b.n), 0) FROM busy b
-                                                 WHERE b.type = l.type
-                                                   AND (l.tenant = '' OR b.tenant = coalesce(j.tenant, ''))),
-                               2147483647),
-                      coalesce(floor(l.tokens_now), 2147483647)) <= 0)
+      AND NOT j.type = ANY(ARRAY(SELECT type FROM blocked WHERE tenant IS NULL))
+      AND NOT jsonb_build_array(j.type, coalesce(j.tenant, ''))
+              = ANY(ARRAY(SELECT jsonb_build_array(type, tenant) FROM blocked WHERE tenant IS NOT NULL))
     ORDER BY j.priority DESC, j.run_at, j.id
     LIMIT %(limit)s
     FOR UPDATE OF j SKIP LOCKED
