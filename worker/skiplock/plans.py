@@ -221,21 +221,15 @@ def fire_schedules() -> Plan:
     return fired
 
 
-# A rate limit's bucket holds this many seconds of tokens (at least one); skiplock.claim (SQL) passes the same.
-RATE_BURST_SECONDS = 0.1
+RATE_BURST_SECONDS = 0.1  # a rate limit's bucket holds this many seconds of tokens (at least one)
 
 
 def claim_limited(params: dict[str, Any]) -> Plan:
-    """Lock the limits of the worker's types, then claim within them; returns the claimed rows and
-    the seconds until a rate limit this claim emptied has a token again (None if it emptied none).
-
-    One statement: the SQL API's ``skiplock.claim`` takes the limit rows (``lock_limits``) and
-    runs ``claim_limited`` under a fresh snapshot, in the statement's own transaction, so that the
-    rows stay locked for the server's work and commit alone, never for a client round trip (run it
-    with ``atomic=False`` outside a transaction: claims of limited types queue on those rows)."""
+    """Lock the limits of the worker's types, then claim within them (one transaction); returns
+    the claimed rows and the seconds until a rate limit this claim emptied has a token again
+    (None if it emptied none)."""
     types = {"types": params["types"]}
-    claimed, refill = yield [("api_claim", {"queue": params["queue"], "worker_id": params["worker_id"],
-                                            "max_jobs": params["limit"], "lease_seconds": params["lease_seconds"],
-                                            "types": params["types"]}),
-                             ("limit_refill", types)]
+    _, claimed, refill = yield [("lock_limits", types),
+                                ("claim_limited", {**params, "burst_seconds": RATE_BURST_SECONDS}),
+                                ("limit_refill", types)]
     return claimed, refill[0]["seconds"]
