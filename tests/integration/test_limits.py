@@ -9,8 +9,10 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg.pq import TransactionStatus
 
-from skiplock import InvalidJob, Job, JobRegistry, Queue, State
+from skiplock import InvalidJob, Job, JobRegistry, Queue, State, plans
+from skiplock.runner import run_one_trip
 from skiplock.sql import QUERIES
 from tests.helpers import eventually, running_worker
 
@@ -176,3 +178,23 @@ async def test_limited_claim_walks_the_index_in_order_even_with_stale_statistics
     cand = json.dumps(_subplan(plan, "CTE cand"))
     assert '"Index Name": "jobs_claim_idx"' in cand
     assert '"Node Type": "Sort"' not in cand and '"Seq Scan"' not in cand and "Hash" not in cand
+
+
+async def test_limited_claim_runs_as_one_transaction_in_one_trip(dsn: str, queue: Queue) -> None:
+    """The worker's limited claim (runner.run_one_trip): BEGIN, lock, claim, refill and COMMIT in
+    one pipeline; what it claims is committed when it returns, and an error anywhere in it leaves
+    nothing claimed and the connection ready for the next statement."""
+    await queue.set_limit("api", concurrency=2)
+    await queue.enqueue_many([{"type": "api"} for _ in range(3)])
+    params = {"queue": "default", "types": ["api"], "limit": 10, "worker_id": "w1", "lease_seconds": 30}
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        rows, refill = await run_one_trip(conn, plans.claim_limited(dict(params)))
+        assert len(rows) == 2 and refill is None and conn.info.transaction_status == TransactionStatus.IDLE
+        with psycopg.connect(dsn, autocommit=True) as other:  # committed: another session sees it
+            assert other.execute("SELECT count(*) FROM skiplock.jobs WHERE state = 'running' "
+                                 "AND worker_id = 'w1'").fetchone() == (2,)
+        with pytest.raises(psycopg.Error):
+            await run_one_trip(conn, plans.claim_limited({**params, "lease_seconds": "not a number"}))
+        assert conn.info.transaction_status == TransactionStatus.IDLE
+        rows, _ = await run_one_trip(conn, plans.claim_limited(dict(params)))
+        assert rows == []  # the limit holds: 2 running

@@ -12,7 +12,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from .errors import wrap_db_errors
 from .plans import Plan, Row
-from .runner import run
+from .runner import run, run_one_trip
 from .sql import QUERIES
 
 AsyncConn = psycopg.AsyncConnection[Any]
@@ -43,6 +43,14 @@ class Database:
         with wrap_db_errors():
             async with self.pool.connection() as pooled:
                 value = await run(pooled, plan, atomic)
+        self.last_ok = time.monotonic()
+        return value
+
+    async def run_one_trip(self, plan: Plan) -> Any:
+        """Drive a one-step ``plan`` as one transaction in one round trip (``runner.run_one_trip``)."""
+        with wrap_db_errors():
+            async with self.pool.connection() as pooled:
+                value = await run_one_trip(pooled, plan)
         self.last_ok = time.monotonic()
         return value
 

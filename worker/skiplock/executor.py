@@ -132,7 +132,7 @@ class Executor(Service):
             params = {"queue": queue, "types": self.types, "limit": limit - len(claimed),
                       "worker_id": self.worker_id, "lease_seconds": self.lease_seconds}
             if limited:
-                rows, refill = await self.db.run(plans.claim_limited(params))
+                rows, refill = await self.db.run_one_trip(plans.claim_limited(params))
                 if refill is not None:
                     self._refill_in = min(refill, self._refill_in or refill)
             else:

@@ -38,6 +38,34 @@ def _run_step_sync(conn: psycopg.Connection[Any], step: Step) -> list[list[Row]]
     return [c.fetchall() if c.description else [] for c in curs]
 
 
+async def run_one_trip(conn: psycopg.AsyncConnection[Any], plan: Plan) -> Any:
+    """Drive a plan of one step as its own transaction in a single round trip: BEGIN, the step's
+    statements and COMMIT are pipelined together, so the locks they take are held for the
+    server's work and the commit only, never while the client reads the results (a claim of
+    limited types holds the limit rows, which every other such claim waits for)."""
+    if not _own_transaction(conn):
+        return await run(conn, plan)
+    step = next(plan)
+    with wrap_db_errors():
+        try:
+            async with conn.pipeline(), conn.transaction():
+                curs = []
+                for name, params in step:
+                    cur = conn.cursor(row_factory=dict_row)
+                    await cur.execute(QUERIES[name], params)
+                    curs.append(cur)
+            results = [await c.fetchall() if c.description else [] for c in curs]
+        except BaseException:
+            if not conn.closed and conn.info.transaction_status != TransactionStatus.IDLE:
+                await conn.rollback()  # an error ended the pipeline before its COMMIT ran
+            raise
+    try:
+        plan.send(results)
+    except StopIteration as done:
+        return done.value
+    raise RuntimeError("run_one_trip: the plan has more than one step")
+
+
 def _own_transaction(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> bool:
     return conn.info.transaction_status == TransactionStatus.IDLE
 
