@@ -10,11 +10,12 @@ step() { printf '\n==> %s (%ss)\n' "$1" "$SECONDS" >&2; }
 
 step "ruff"
 ruff check .
-step "mypy (on the installed package, where operator/ is skiplock.operator)"
+step "mypy (the installed package, where operator/ is skiplock.operator, with the tests and benchmarks beside it)"
 site=$(mktemp -d)
 trap 'rm -rf "$site"' EXIT
 pip install -q --no-deps --no-compile --target "$site" .
-(cd "$site" && mypy -p skiplock)
+cp -r tests bench pyproject.toml "$site/"
+(cd "$site" && mypy -p skiplock -p tests -p bench)
 step "pytest"
 # Every tier, the image builds with buildah included (SKIPLOCK_IMAGES=0 skips those).
 export SKIPLOCK_IMAGES=${SKIPLOCK_IMAGES:-1}

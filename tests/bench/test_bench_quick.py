@@ -15,6 +15,7 @@ from bench import cli, floor, report
 from bench.autoscale import POOLS, scalers, traces
 from bench.autoscale.cluster import Cluster, summarize
 from bench.profiles import TINY
+from skiplock.operator import policy
 from skiplock.sql import QUERIES
 from tests.ship.tools import missing
 
@@ -131,14 +132,14 @@ def test_floor_translates_skiplocks_own_statements() -> None:
 
 def test_simulator_calls_the_operators_policy(monkeypatch: pytest.MonkeyPatch) -> None:
     calls = 0
-    real = scalers.policy.decide
+    real = policy.decide
 
     def counting(*args: Any, **kwargs: Any) -> Any:
         nonlocal calls
         calls += 1
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(scalers.policy, "decide", counting)
+    monkeypatch.setattr(policy, "decide", counting)
     trace = traces.bursty(1800)
     summary = summarize(Cluster(trace, POOLS, scalers.SkiplockScaler(POOLS)).run())
     assert calls > 0 and summary["jobs"] == len(trace.jobs)

@@ -213,9 +213,11 @@ def test_burst_scales_up_runs_every_job_and_returns_to_zero(release: Release) ->
         return time.monotonic() if any(running(p) for p in workers) else None
 
     first = wait_until(first_running, 180, "a worker pod Running", every=0.2, state=release.state)
-    done = wait_until(lambda: (seen.update(p["metadata"]["name"] for p in release.workers())
-                               or db.all_completed(dsn, ids)) and time.monotonic(), 240,
-                      "every job completed", every=0.5, state=release.state)
+    def all_done() -> float | None:
+        seen.update(p["metadata"]["name"] for p in release.workers())
+        return time.monotonic() if db.all_completed(dsn, ids) else None
+
+    done = wait_until(all_done, 240, "every job completed", every=0.5, state=release.state)
     FIGURES["burst of 48 x 1 s jobs -> first worker pod Running"] = f"{first - burst:.1f} s"
     FIGURES["burst -> queue empty (every job completed)"] = f"{done - burst:.1f} s"
     release.wait_pool_idle()

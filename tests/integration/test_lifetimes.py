@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
@@ -100,7 +101,7 @@ async def test_queue_settings_are_copied_into_new_jobs(queue: Queue, dsn: str) -
     ({"retry": {"kind": "exponential", "jitter": 2}}, "jitter must be between 0 and 1"),
     ({"retry": "often"}, "a retry policy is a JSON object"),
 ])
-async def test_bad_lifetimes_and_policies_are_refused(queue: Queue, options: dict[str, object], message: str) -> None:
+async def test_bad_lifetimes_and_policies_are_refused(queue: Queue, options: dict[str, Any], message: str) -> None:
     with pytest.raises(InvalidJob, match=message):
         await queue.enqueue("t", **options)
     with pytest.raises(InvalidJob, match=message):

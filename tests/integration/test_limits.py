@@ -19,7 +19,7 @@ from tests.helpers import eventually, running_worker
 
 async def _done(queue: Queue, n: int) -> bool:
     rows = await queue.stats()
-    return sum(r["jobs"] for r in rows if r["state"] == "completed") >= n
+    return sum(int(r["jobs"]) for r in rows if r["state"] == "completed") >= n
 
 
 def _tracking_registry(log: list[tuple[str, str | None, float, float]], seconds: float) -> JobRegistry:
@@ -113,7 +113,7 @@ async def test_limits_change_at_runtime_and_validate(queue: Queue) -> None:
     assert await queue.clear_limit("api", "acme") and not await queue.clear_limit("api", "acme")
     for kwargs in ({}, {"concurrency": 0}, {"rate": -1.0}):
         with pytest.raises(InvalidJob):
-            await queue.set_limit("api", **kwargs)  # type: ignore[arg-type]
+            await queue.set_limit("api", **kwargs)
     with pytest.raises(InvalidJob, match="each tenant"):
         await queue.set_limit("api", "*", rate=1.0)
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -115,13 +115,12 @@ async def _true(value: bool) -> bool:
     return value
 
 
-RUNNERS = {"sql": SqlRunner, "pull": PullRunner, "worker": WorkerRunner}
+RUNNERS: dict[str, Callable[[str], Runner]] = {"sql": SqlRunner, "pull": PullRunner, "worker": WorkerRunner}
 
 
 @pytest.fixture(params=sorted(RUNNERS))
 def runner(request: pytest.FixtureRequest, dsn: str) -> Runner:
-    made: Runner = RUNNERS[request.param](dsn)
-    return made
+    return RUNNERS[request.param](dsn)
 
 
 def _row(dsn: str, job_id: int) -> dict[str, Any]:

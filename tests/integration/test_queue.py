@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from typing import Any
 
 import psycopg
 import pytest
@@ -55,8 +56,8 @@ async def test_dedup_key_returns_the_unfinished_holder(queue: Queue, dsn: str) -
 
 
 async def test_enqueue_inside_callers_transaction_rolls_back_with_it(queue: Queue, dsn: str) -> None:
-    async with await psycopg.AsyncConnection.connect(dsn) as conn, conn.transaction(force_rollback=True):
-        await queue.enqueue("t", conn=conn)
+    async with await psycopg.AsyncConnection.connect(dsn) as aconn, aconn.transaction(force_rollback=True):
+        await queue.enqueue("t", conn=aconn)
     with psycopg.connect(dsn) as conn:
         with conn.transaction():
             skiplock_sync.enqueue(conn, "kept", {"a": 1})
@@ -93,7 +94,7 @@ async def test_oversized_payload_is_refused_with_the_limit(queue: Queue, monkeyp
     ({"priority": 2**31}, "priority"), ({"max_attempts": 0}, "max_attempts"), ({"queue": ""}, "queue"),
     ({"queue": "q" * 201}, "queue"), ({"depends_on": (0,)}, "depends_on"), ({"unknown": 1}, "unknown"),
 ])
-async def test_invalid_options_get_clear_errors(queue: Queue, options: dict[str, object], error: str) -> None:
+async def test_invalid_options_get_clear_errors(queue: Queue, options: dict[str, Any], error: str) -> None:
     with pytest.raises(InvalidJob, match=error):
         await queue.enqueue("t", **options)
 

@@ -23,7 +23,7 @@ import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Self, TypeVar
+from typing import Any, Literal, Self, TypeVar
 
 from kubernetes import client, config
 
@@ -377,7 +377,7 @@ def _ready_nodes(nodes: list[Any]) -> list[str] | None:
     return [n.metadata.name for n in nodes] if nodes and all(map(ready, nodes)) else None
 
 
-def wait_for(probe: Callable[[], T | None], timeout: float, what: str, interval: float = 0.25) -> T:
+def wait_for(probe: Callable[[], T | Literal[False] | None], timeout: float, what: str, interval: float = 0.25) -> T:
     """Call ``probe`` until it returns something truthy; raise ``TimeoutError`` naming ``what``."""
     deadline = time.monotonic() + timeout
     while not (result := probe()):

@@ -45,7 +45,7 @@ CNI_BIN = Path("/usr/lib/cni")  # Debian's containernetworking-plugins
 NAMESPACE = "k8s.io"  # containerd's namespace for CRI (kubelet) containers and images
 KUBERNETES_SERVICE_IP = "10.96.0.1"  # first address of the cluster's --service-cluster-ip-range
 # Real-node pods get their addresses from here, a /24 per run; kwok uses 10.244.0.0/16, Services 10.96.0.0/16.
-SUBNET_POOL = ipaddress.ip_network("10.160.0.0/12")
+SUBNET_POOL = ipaddress.IPv4Network("10.160.0.0/12")
 REAL_NODE_LABEL = "skiplock.dev/real-node"
 CNI_CACHE = Path("/var/lib/cni/results")
 CONTAINER_LOG_LINKS = Path("/var/log/containers")
@@ -74,7 +74,7 @@ def _used_networks() -> list[ipaddress.IPv4Network]:
         dst = r.get("dst", "")
         if dst and dst != "default" and not dst.startswith(("broadcast", "local")):
             with contextlib.suppress(ValueError):
-                found.append(ipaddress.ip_network(dst if "/" in dst else f"{dst}/32", strict=False))
+                found.append(ipaddress.IPv4Network(dst if "/" in dst else f"{dst}/32", strict=False))
     return found
 
 

@@ -288,7 +288,7 @@ MIGRATION = f"{RELEASE}-skiplock-migration"
 # real-node tier runs `skiplock migrate` for real): what is checked here is that the API server
 # admits it under the restricted standard, and that Helm runs it and cleans it up.
 ON_KWOK = {"nodeSelector": {"kubernetes.io/hostname": "cpu-1"}}
-HELM_VALUES = {
+HELM_VALUES: dict[str, Any] = {
     # A namespaced operator in a cluster whose CRD is managed elsewhere (as docs/install.md
     # advises for every release but one): the CRD's own lifecycle is test_helm_upgrades_the_crd's.
     "crds": {"install": False},

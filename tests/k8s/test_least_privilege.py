@@ -28,7 +28,7 @@ from urllib.parse import parse_qs
 
 import aiohttp
 import pytest
-import yaml  # type: ignore[import-untyped]
+import yaml
 from aiohttp import web
 
 from tests.k8s.cluster import Cluster, wait_for

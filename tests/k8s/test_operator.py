@@ -61,8 +61,9 @@ class Api:
         return json.loads(resp.data)
 
     def jobqueue(self, name: str) -> dict[str, Any]:
-        return self._json(self.custom.get_namespaced_custom_object(
+        found: dict[str, Any] = self._json(self.custom.get_namespaced_custom_object(
             "skiplock.dev", "v1alpha1", self.ns, "jobqueues", name, _preload_content=False))
+        return found
 
     def condition(self, name: str, kind: str) -> dict[str, Any]:
         for c in self.jobqueue(name).get("status", {}).get("conditions", []):
@@ -154,7 +155,8 @@ class Operator:
     def get(self, path: str, port: int | None = None) -> str | None:
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port or self.health_port}{path}", timeout=2) as resp:
-                return resp.read().decode()
+                body: str = resp.read().decode()
+                return body
         except OSError:
             return None
 

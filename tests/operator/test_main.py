@@ -7,6 +7,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import aiohttp
+import kopf
 import pytest
 
 from skiplock.cli import build_parser
@@ -66,7 +67,7 @@ def run_kopf(monkeypatch: pytest.MonkeyPatch, operator: Any) -> Any:
     async def api_answers(rt: Any, namespace: str | None) -> bool:
         return True
 
-    monkeypatch.setattr(main.kopf, "operator", operator)
+    monkeypatch.setattr(kopf, "operator", operator)
     monkeypatch.setattr(main, "_wait_for_api", api_answers)
     rt: Any = SimpleNamespace(stop=asyncio.Event())
     return main._run_kopf(rt, options("--all-namespaces", "--standalone"), Health())

@@ -59,7 +59,7 @@ async def test_a_fresh_database_is_migrated_before_the_pools_scale(empty_kube: F
         assert reasons(status)["Ready"] != "DatabaseSchemaMissing", status
         assert status["pending"] == 0 and (NS, "jq-cpu") in empty_kube.deploys
         with psycopg.connect(empty_dsn) as conn:
-            require_current(conn)  # type: ignore[arg-type]
+            require_current(conn)
         await poll(rt, empty_kube)  # once per database: nothing more to say
         assert events.reasons().count("SchemaMigrated") == 1
     finally:

@@ -14,7 +14,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from skiplock.embedded import free_port
 
@@ -24,7 +24,7 @@ T = TypeVar("T")
 FIXTURES = REPO / "tests" / "fixtures"
 
 
-def wait_until(probe: Callable[[], T | None], timeout: float, what: str, every: float = 0.25,
+def wait_until(probe: Callable[[], T | Literal[False] | None], timeout: float, what: str, every: float = 0.25,
                state: Callable[[], object] | None = None) -> T:
     """Call ``probe`` until it returns something truthy; fail naming ``what`` (and ``state()``)
     after ``timeout`` seconds."""

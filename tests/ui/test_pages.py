@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import psycopg
 from starlette.testclient import TestClient
@@ -13,7 +14,7 @@ from tests.helpers import cli, sql
 XSS = "<script>alert('x')</script>"
 
 
-def _enqueue(dsn: str, jobs: list[dict[str, object]]) -> list[int]:
+def _enqueue(dsn: str, jobs: list[dict[str, Any]]) -> list[int]:
     with psycopg.connect(dsn, autocommit=True) as conn:
         return skiplock_sync.enqueue_many(conn, jobs)
 

@@ -67,7 +67,7 @@ class FastHistogram:
             snapshot = [(key, list(series.counts), series.total) for key, series in self._series.items()]
         for key, counts, total in snapshot:
             cumulative = list(accumulate(counts))
-            les = [floatToGoString(b) for b in self.bounds] + ["+Inf"]
+            les = [floatToGoString(b) for b in self.bounds] + ["+Inf"]  # type: ignore[no-untyped-call,unused-ignore]
             family.add_metric(list(key), list(zip(les, cumulative, strict=True)), total)
         yield family
 

@@ -170,7 +170,7 @@ class Kube:
         return lease
 
     def close(self) -> None:
-        self.api.close()
+        self.api.close()  # type: ignore[no-untyped-call,unused-ignore]
 
 
 def _message(exc: ApiException) -> str:

@@ -16,7 +16,7 @@ the path names the field in the JobQueue (pools and containers by name).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,7 +47,7 @@ class Container:
 class Pods:
     """What the rules read of the pools, flattened across them as the admission policy's variables."""
 
-    pools: list[Mapping[str, Any]]
+    pools: Sequence[Mapping[str, Any]]
     containers: list[Container]  # the worker's pool-level securityContext, template containers, initContainers
     pod_contexts: list[tuple[str, Mapping[str, Any]]]  # podSecurityContext, template.spec.securityContext
     specs: list[tuple[str, Mapping[str, Any]]]  # each pool's template.spec
@@ -57,7 +57,7 @@ class Pods:
         return [(f"{c.path}.securityContext", c.sc) for c in self.containers] + self.pod_contexts
 
     @classmethod
-    def of(cls, pools: list[Mapping[str, Any]]) -> Pods:
+    def of(cls, pools: Sequence[Mapping[str, Any]]) -> Pods:
         containers, pod_contexts, specs = [], [], []
         for pool in pools:
             here = f"spec.pools[{pool['name']}]"
@@ -73,7 +73,7 @@ class Pods:
         return cls(list(pools), containers, pod_contexts, specs)
 
 
-def violations(pools: list[Mapping[str, Any]]) -> list[str]:
+def violations(pools: Sequence[Mapping[str, Any]]) -> list[str]:
     """Every rule the pools break (each ``path: reason``), in the order of the admission policy's message."""
     pods = Pods.of(pools)
     return [line for rule in RULES for line in rule(pods)]
