@@ -267,25 +267,12 @@ async def jobs_action(queue: Queue, args: argparse.Namespace, say: Callable[[str
         raise Usage("give a job ID or at least one filter (--queue, --type, --tenant, --state, --label, --older-than)"
                     if action != "purge" else
                     "give at least one filter (--queue, --type, --tenant, --state, --label, --older-than)")
-    if action == "retry":
-        scope = where.narrowed(states.ordered(states.RETRYABLE))
-        count = await queue.count_jobs(scope, hot_only=True) if scope.states else 0
-        if _confirm(count, "run them again", where, args.yes):
-            print(await queue.retry_jobs(where))
-        else:
-            print(0)
-    elif action == "cancel":
-        scope = where.narrowed(states.ordered(states.CANCELLABLE))
-        count = await queue.count_jobs(scope, hot_only=True) if scope.states else 0
-        if _confirm(count, "cancel them (running ones are asked to stop)", where, args.yes):
-            print(await queue.cancel_jobs(where))
-        else:
-            print(0)
-    else:
-        scope = where.narrowed(states.ordered(states.PURGEABLE | states.EXPIRABLE))
-        count = await queue.count_jobs(scope) if scope.states else 0
-        if _confirm(count, "delete them", where, args.yes):
-            print(await queue.purge_jobs(where))
-        else:
-            print(0)
+    # action: (the states it can take, the question, only the hot table (purge reaches the history too), the call)
+    bulk = {"retry": (states.RETRYABLE, "run them again", True, queue.retry_jobs),
+            "cancel": (states.CANCELLABLE, "cancel them (running ones are asked to stop)", True, queue.cancel_jobs),
+            "purge": (states.PURGEABLE | states.EXPIRABLE, "delete them", False, queue.purge_jobs)}
+    reachable, question, hot_only, call = bulk[action]
+    scope = where.narrowed(states.ordered(reachable))
+    count = await queue.count_jobs(scope, hot_only=hot_only) if scope.states else 0
+    print(await call(where) if _confirm(count, question, where, args.yes) else 0)
     return True

@@ -11,7 +11,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import InvalidJob, PayloadTooLarge
-from .retry import RetryPolicy, as_policy
+from .retry import RetryPolicy, validated
 from .states import FINISHED as FINISHED  # re-exported: the job model's states
 from .states import State as State
 
@@ -116,10 +116,7 @@ class JobSpec(BaseModel):
     @field_validator("retry")
     @classmethod
     def _check_retry(cls, value: Any) -> RetryPolicy | None:
-        try:
-            return as_policy(value)
-        except InvalidJob as exc:
-            raise ValueError(str(exc)) from None
+        return validated(value)
 
     @field_validator("type", "queue")
     @classmethod

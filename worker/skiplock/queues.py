@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .errors import InvalidJob
 from .models import MAX_NAME, describe, storable
-from .retry import RetryPolicy, as_policy, from_json
+from .retry import RetryPolicy, from_json, validated
 
 CLEARABLE = ("max_attempts", "ttl", "result_ttl", "failure_ttl", "retry")
 """The settings ``queues set --clear`` removes, by name."""
@@ -42,10 +42,7 @@ class QueueSettings(BaseModel):
     @field_validator("retry", mode="before")
     @classmethod
     def _check_retry(cls, value: Any) -> RetryPolicy | None:
-        try:
-            return as_policy(value)
-        except InvalidJob as exc:
-            raise ValueError(str(exc)) from None
+        return validated(value)
 
     def row(self, source: str) -> dict[str, Any]:
         """The parameters of ``set_queue`` and ``replace_queue``."""

@@ -131,6 +131,14 @@ def as_policy(value: RetryPolicy | dict[str, Any] | None) -> RetryPolicy | None:
     return from_json(value)
 
 
+def validated(value: Any) -> RetryPolicy | None:
+    """``as_policy`` for a pydantic field validator: a bad policy is a ``ValueError``."""
+    try:
+        return as_policy(value)
+    except InvalidJob as exc:
+        raise ValueError(str(exc)) from None
+
+
 def from_options(*, every: float | None = None, intervals: Sequence[float] | None = None,
                  backoff_base: float | None = None, backoff_max: float | None = None) -> RetryPolicy | None:
     """The policy the command-line flags describe (``--retry-every``, ``--retry-intervals``,

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Mapping
-from typing import Any
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Protocol
 
 from skiplock.errors import DatabaseUnavailable, SchemaMissing
 
@@ -20,6 +20,14 @@ from .spec import InvalidSpec, JobQueueSpec, Pool, parse
 from .status import RESOLVED, Problem, conditions, parse_timestamp, summary, timestamp
 
 log = logging.getLogger("skiplock.operator")
+
+
+class _Declared(Protocol):
+    """A part of the spec synced into the database (the ``schedules`` and ``queuesettings`` modules)."""
+
+    def declared(self, spec: JobQueueSpec) -> tuple[Sequence[object], list[Problem]]: ...
+
+    async def sync(self, rt: Runtime, jq: JobQueueState, spec: JobQueueSpec, now: float) -> list[Problem]: ...
 SECRET_MAX_AGE = 30.0  # seconds between reads of the database Secret (and of the namespace's labels)
 
 
@@ -44,8 +52,9 @@ async def poll(rt: Runtime, jq: JobQueueState, body: Mapping[str, Any], pods: Po
             name = resources.deployment_name(jq.name, pool.name)
             pools.append(await _pool(rt, jq, body, spec, pool, existing.get(name), observed, pods, now, problems))
         await _remove_stale(rt, jq, spec, existing.values())
-        problems.extend(await _schedules(rt, jq, spec, reachable=observed is not None))
-        problems.extend(await _queue_settings(rt, jq, spec, reachable=observed is not None))
+        problems.extend(await _sync(rt, jq, spec, observed is not None, schedules, "ScheduleSyncFailed", "schedules"))
+        problems.extend(await _sync(rt, jq, spec, observed is not None, queuesettings, "QueueSettingsSyncFailed",
+                                    "queue settings"))
     except InvalidSpec as exc:
         problems.append(Problem("InvalidSpec", f"spec: {exc}"))
     except KubeError as exc:
@@ -102,37 +111,22 @@ async def _observe(rt: Runtime, jq: JobQueueState, spec: JobQueueSpec, problems:
     return rows, caps
 
 
-async def _schedules(rt: Runtime, jq: JobQueueState, spec: JobQueueSpec, reachable: bool) -> list[Problem]:
-    """Sync ``spec.schedules`` into the database (after the pools: a failure here never holds up
-    scaling); an unreachable database only leaves the check of each entry."""
+async def _sync(rt: Runtime, jq: JobQueueState, spec: JobQueueSpec, reachable: bool, part: _Declared,
+                reason: str, what: str) -> list[Problem]:
+    """Sync one declared part of the spec (``spec.schedules``, ``spec.queueSettings``) into the
+    database, after the pools: a failure here never holds up scaling. An unreachable database only
+    leaves the check of each entry."""
     if not reachable:
-        return schedules.declared(spec)[1]
+        return part.declared(spec)[1]
     try:
-        return await schedules.sync(rt, jq, spec, time.monotonic())
+        return await part.sync(rt, jq, spec, time.monotonic())
     except (DatabaseUnavailable, SchemaMissing) as exc:
         message = redact(str(exc), jq.dsn)
     except Exception as exc:
-        if "ScheduleSyncFailed" not in jq.problems.values():  # the traceback once, not every poll
-            log.exception("%s/%s: schedule sync failed", jq.namespace, jq.name)
+        if reason not in jq.problems.values():  # the traceback once, not every poll
+            log.exception("%s/%s: %s sync failed", jq.namespace, jq.name, what)
         message = redact(f"{type(exc).__name__}: {exc}", jq.dsn)
-    return [*schedules.declared(spec)[1], Problem("ScheduleSyncFailed", f"schedules not synced: {message}",
-                                                  blocking=False)]
-
-
-async def _queue_settings(rt: Runtime, jq: JobQueueState, spec: JobQueueSpec, reachable: bool) -> list[Problem]:
-    """Sync ``spec.queueSettings`` into the database, as ``_schedules`` does ``spec.schedules``."""
-    if not reachable:
-        return queuesettings.declared(spec)[1]
-    try:
-        return await queuesettings.sync(rt, jq, spec, time.monotonic())
-    except (DatabaseUnavailable, SchemaMissing) as exc:
-        message = redact(str(exc), jq.dsn)
-    except Exception as exc:
-        if "QueueSettingsSyncFailed" not in jq.problems.values():
-            log.exception("%s/%s: queue settings sync failed", jq.namespace, jq.name)
-        message = redact(f"{type(exc).__name__}: {exc}", jq.dsn)
-    return [*queuesettings.declared(spec)[1],
-            Problem("QueueSettingsSyncFailed", f"queue settings not synced: {message}", blocking=False)]
+    return [*part.declared(spec)[1], Problem(reason, f"{what} not synced: {message}", blocking=False)]
 
 
 # -- one pool -------------------------------------------------------------------------------------
