@@ -64,6 +64,7 @@ class PoolView:
     replicas: int
     ready: int
     unschedulable: int
+    scheduled: int = 0  # live pods bound to a node (a GPU node being provisioned counts: the autoscaler placed it)
 
 
 class Scaler(Protocol):
@@ -239,7 +240,8 @@ class Cluster:
                         running=sum(len(p.jobs) for p in self.pods[name]),
                         oldest_pending_s=oldest, replicas=len(live),
                         ready=sum(1 for p in live if p.ready(now)),
-                        unschedulable=sum(1 for p in live if not p.scheduled))
+                        unschedulable=sum(1 for p in live if not p.scheduled),
+                        scheduled=sum(1 for p in live if p.scheduled))
 
     def _scale(self, name: str, now: float) -> None:
         view = self.view(name, now)

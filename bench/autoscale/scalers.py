@@ -56,7 +56,7 @@ class SkiplockScaler:
         state = self.states.get(name) or policy.PolicyState.resumed(view.replicas, now)
         obs = policy.Observation(pending=view.pending, running=view.running,
                                  oldest_pending_seconds=view.oldest_pending_s, replicas=view.replicas,
-                                 ready=view.ready, unschedulable=view.unschedulable)
+                                 ready=view.ready, unschedulable=view.unschedulable, scheduled=view.scheduled)
         decision = policy.decide(self.settings[name], state, obs, now)
         self.states[name] = decision.state
         self.reasons[name] = decision.reason
