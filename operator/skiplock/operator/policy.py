@@ -17,9 +17,10 @@ The rules, in order (docs/operator.md explains them):
    ``scaleToZeroAfterSeconds``, keeps at least one pod; ``minReplicas`` always; ``maxReplicas`` caps.
 4. *Up at once*: a need above the current replicas is applied on the same poll (a burst is served
    on the first poll, and a pool at zero wakes as soon as one job is runnable).
-5. *Down after a window*: below the current replicas, the highest need seen during
-   ``scaleDownStabilizationSeconds`` wins (a dip shorter than the window changes nothing, so the
-   pool never flaps); then the pool steps down by half the gap per poll, at least one pod.
+5. *Down after a window*: below the current replicas, the current need or the highest load (in
+   pods, without the spare slots, which already absorb its swings) seen during
+   ``scaleDownStabilizationSeconds`` wins, whichever is higher (a dip shorter than the window
+   changes nothing, so the pool never flaps); then the pool steps down by half the gap per poll, at least one pod.
    After ``scaleToZeroAfterSeconds`` without any job the pool goes straight to ``minReplicas``,
    and above ``maxReplicas`` (lowered in the spec) straight to it.
 6. *Unschedulable hold*: while pods of the pool cannot be scheduled (e.g. no GPU left), it does
@@ -55,7 +56,7 @@ class Settings:
     max_pending_pod_age_seconds: float = 300.0  # unschedulable this long: scaled back
 
 
-DEFAULT_HEADROOM = 0.5  # CPU pools; GPU pools default to 0 (bench/autoscale: enough to halve p95 waits)
+DEFAULT_HEADROOM = 0.75  # CPU pools; GPU pools default to 0 (bench/autoscale: p95 waits at half KEDA's or less)
 
 
 @dataclass(frozen=True)
@@ -117,12 +118,17 @@ def need(settings: Settings, obs: Observation) -> int:
     spare = math.ceil(settings.headroom * math.sqrt(load)) if load and load == obs.work else 0  # a binding
     # concurrency limit, not the pods, holds the rest back: no spare slots beside it
     wanted = math.ceil((load + spare) / settings.target_per_pod)
-    age = settings.max_pending_age_seconds
-    # With a limit on the work, more pods than it lets run would sit idle: the age rule stays out.
-    if (age is not None and obs.within_limits is None and obs.pending > 0 and obs.oldest_pending_seconds > age
-            and obs.replicas > 0 and obs.ready >= obs.replicas and obs.unschedulable == 0):
+    if _aged(settings, obs):
         wanted = max(wanted, obs.replicas + 1)
     return wanted
+
+
+def _aged(settings: Settings, obs: Observation) -> bool:
+    """Whether the ``maxPendingAgeSeconds`` rule asks for one pod more. With a limit on the work,
+    more pods than it lets run would sit idle: the rule stays out."""
+    age = settings.max_pending_age_seconds
+    return (age is not None and obs.within_limits is None and obs.pending > 0 and obs.oldest_pending_seconds > age
+            and obs.replicas > 0 and obs.ready >= obs.replicas and obs.unschedulable == 0)
 
 
 def decide(settings: Settings, state: PolicyState, obs: Observation, now: float) -> Decision:
@@ -138,7 +144,11 @@ def decide(settings: Settings, state: PolicyState, obs: Observation, now: float)
     wanted = min(max(need(settings, obs), floor), settings.max_replicas)
     horizon = now - settings.stabilization_seconds
     kept = tuple(r for r in state.recommendations if r[0] > horizon and r[0] <= now)
-    recs = (*kept, (now, wanted))
+    # The window remembers the load in pods, without the spare slots (they absorb its random swings
+    # already: holding the peak of load + spare would count them twice); the age rule's pod stays.
+    held_need = wanted if _aged(settings, obs) else min(
+        max(math.ceil(obs.load / settings.target_per_pod), floor), settings.max_replicas)
+    recs = (*kept, (now, held_need))
     stuck_since = (state.unschedulable_since if state.unschedulable_since is not None else now) \
         if obs.unschedulable else None
     probe_after = state.probe_after if state.probe_after is not None and state.probe_after > now else None
@@ -153,7 +163,7 @@ def decide(settings: Settings, state: PolicyState, obs: Observation, now: float)
         reason = f"no jobs for {idle_for:.0f}s (scaleToZeroAfterSeconds {settings.scale_to_zero_after_seconds:g})"
         new_state = PolicyState(((now, wanted),), idle_since, stuck_since, probe_after)
     else:
-        stable = max(n for _, n in recs)
+        stable = max(wanted, *(n for _, n in recs))
         if stable >= obs.replicas:
             target = obs.replicas
             reason = (f"needs {wanted}, holding {obs.replicas} for the "
