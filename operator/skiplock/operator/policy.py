@@ -56,7 +56,7 @@ class Settings:
     max_pending_pod_age_seconds: float = 300.0  # unschedulable this long: scaled back
 
 
-DEFAULT_HEADROOM = 0.75  # CPU pools; GPU pools default to 0 (bench/autoscale: p95 waits at half KEDA's or less)
+DEFAULT_HEADROOM = 1.0  # CPU pools; GPU pools default to 0 (bench/autoscale: the headroom sweep)
 
 
 @dataclass(frozen=True)
