@@ -413,7 +413,7 @@ def test_a_gpu_pool_probes_for_capacity_and_grows_onto_nodes_added_while_pods_wa
     and the pool probes again after as long."""
     wait_for(lambda: not gpu_pods_elsewhere(api), 60, "GPU nodes free of other tests' pods")
     start_operator("--standalone")
-    age = 15
+    age = 30  # longer than the steps before the nodes are added: no scale-back before then
     api.apply(jobqueue("probe", gpu_pool(gpu={"nodeSelector": {f"{GPU}.present": "true"},
                                               "maxPendingAgeSeconds": age})))
     wait_for(lambda: api.condition("probe", "Ready").get("status") == "True", 30, "Ready")
