@@ -176,9 +176,15 @@ def _closing(results: dict[str, Any]) -> list[str]:
         gpus = ", ".join(f"{t['trace']} {_x(t['ratios']['idle_gpu_pod_min'])}" for t in a["traces"])
         killed = sum(t["skiplock"]["busy_pods_killed"] for t in a["traces"])
         killed_keda = sum(t["keda"]["busy_pods_killed"] for t in a["traces"])
+        cpus = ", ".join(f"{t['trace']} {_x(t['ratios']['idle_cpu_pod_min'])}" for t in a["traces"])
+        bound = [f"{t['trace']} {_x(t['ratios']['ceiling_wait_p95'])}" for t in a["traces"]
+                 if not t["targets_met"]["wait_p95_at_most_half"] and (t["ratios"].get("ceiling_wait_p95") or 0) > 0.5]
         parts.append(f"Against KEDA, the operator's policy had p95 queue wait {waits}; idle GPU pod-minutes {gpus}; "
-                     f"{killed} busy pods killed (KEDA: {killed_keda}); all three targets met on "
-                     f"{len(met)} of {len(a['traces'])} traces ({', '.join(met) or 'none'}).")
+                     f"idle CPU pod-minutes {cpus}; "
+                     f"{killed} busy pods killed (KEDA: {killed_keda}); every target met on "
+                     f"{len(met)} of {len(a['traces'])} traces ({', '.join(met) or 'none'})"
+                     + (f"; the wait target is out of any scaler's reach on {', '.join(bound)} (every pool at "
+                        "maxReplicas from the first second, KEDA's p95 x that)" if bound else "") + ".")
     return ["### Closing note", "", " ".join(parts), ""] if parts else []
 
 
@@ -376,17 +382,32 @@ def _autoscale_section(results: dict[str, Any]) -> list[str]:
                          _num(r["wait_p95_s"], 1),
                          _num(r["idle_gpu_pod_min"], 0), _num(r["idle_cpu_pod_min"], 0), str(r["busy_pods_killed"]),
                          str(r["unschedulable_pods"]), _num(r["unschedulable_pod_min"], 0), str(r["scaling_actions"])])
+        if "ceiling" in t:
+            c = t["ceiling"]
+            rows.append(["", "(ceiling)", _num(c["wait_p50_s"], 1), _num(c["wait_p95_s"], 1), "-", "-", "-", "-", "-",
+                         "-"])
     lines += _table(["trace", "scaler", "wait p50 s", "wait p95 s", "idle GPU pod-min", "idle CPU pod-min",
                      "busy pods killed", "unschedulable pods", "unschedulable pod-min", "scaling actions"], rows)
-    lines += ["", "skiplock / KEDA per trace, and the targets (p95 wait <= 0.5x, idle GPU <= 0.7x, "
-              "no busy pod killed):", ""]
+    lines += ["", "(ceiling): every pool at `maxReplicas` from the first second, no scaler: the waits no scaler "
+              "bounded by the same `maxReplicas` and GPU nodes can beat.", "",
+              "skiplock / KEDA per trace, and the targets (p95 wait <= 0.5x, idle GPU <= 0.7x, idle CPU <= 1x, "
+              "no busy pod killed); `ceiling / KEDA` is the best p95 ratio any scaler could reach:", ""]
     rows = []
     for t in a["traces"]:
-        met = t["targets_met"]
-        rows.append([t["trace"], _x(t["ratios"]["wait_p95"]), _x(t["ratios"]["idle_gpu_pod_min"]),
-                     _x(t["ratios"]["idle_cpu_pod_min"]),
+        met, r = t["targets_met"], t["ratios"]
+        rows.append([t["trace"], _x(r["wait_p95"]), _x(r.get("ceiling_wait_p95")),
+                     _x(r.get("high_priority_wait_p95")), _x(r["idle_gpu_pod_min"]), _x(r["idle_cpu_pod_min"]),
                      " ".join(("✅" if ok else "❌") + " " + k.replace("_", " ") for k, ok in met.items())])
-    lines += _table(["trace", "p95 wait", "idle GPU pod-min", "idle CPU pod-min", "targets"], rows)
+    lines += _table(["trace", "p95 wait", "ceiling / KEDA p95", "high-priority p95", "idle GPU pod-min",
+                     "idle CPU pod-min", "targets"], rows)
+    if a["traces"] and "tradeoff" in a["traces"][0]:
+        lines += ["", "The trade-off, chosen in the JobQueue: the CPU pool's `scaling.headroom` (spare slots "
+                  "ceil(headroom * sqrt(work)); default 1), each cell p95 wait / idle CPU pod-minutes as ratios to "
+                  "KEDA's:", ""]
+        heads = [f"headroom {h['headroom']:g}" for h in a["traces"][0]["tradeoff"]]
+        rows = [[t["trace"], *(f"{_x(h['wait_p95'])} / {_x(h['idle_cpu'])}" for h in t["tradeoff"])]
+                for t in a["traces"]]
+        lines += _table(["trace", *heads], rows)
     return [*lines, ""]
 
 

@@ -5,7 +5,9 @@ What it models, the same for every scaler:
 - pods: scheduled -> ready after the pool's start time; a GPU pod first needs a free GPU node,
   and a new node takes minutes to provision; with every GPU node taken the pod is unschedulable
   until one frees; the cluster autoscaler removes a node left empty for 10 minutes;
-- a ready pod runs up to ``slots`` jobs at once, taking work as soon as a slot is free;
+- a ready pod runs up to ``slots`` jobs at once, taking work as soon as a slot is free (the loop
+  steps one second at a time, but a job starts at the exact moment it arrived or a slot freed up,
+  so waits are not rounded up to the step);
 - scale-down: the ReplicaSet controller deletes unscheduled pods first, then not-ready ones, then
   ready ones in the order the scaler asks (``Scaler.victims``); a deleted pod stops taking jobs and
   gets its shutdown grace to finish them; what is still running then is interrupted and goes
@@ -44,6 +46,7 @@ class Pod:
     ready_at: float | None = None  # None while unschedulable
     jobs: dict[int, float] = field(default_factory=dict)  # job id -> end time
     deleting_at: float | None = None
+    freed: list[float] = field(default_factory=list)  # heap: when slots freed up (the others: since ready)
 
     def ready(self, now: float) -> bool:
         return self.ready_at is not None and self.ready_at <= now
@@ -64,6 +67,7 @@ class PoolView:
     replicas: int
     ready: int
     unschedulable: int
+    scheduled: int = 0  # live pods bound to a node (a GPU node being provisioned counts: the autoscaler placed it)
 
 
 class Scaler(Protocol):
@@ -106,6 +110,7 @@ class Cluster:
         self.nodes: list[Node] = []
         self.jobs = {j.id: j for j in trace.jobs}
         self.started: set[int] = set()
+        self.available: dict[int, float] = {}  # job id -> since when it can run
         self.ends: list[tuple[float, int, int]] = []  # (end time, pod id, job id)
         self.pod_by_id: dict[int, Pod] = {}
         self.ids = itertools.count()
@@ -141,32 +146,54 @@ class Cluster:
 
     # -- jobs -------------------------------------------------------------------------------------
 
-    def _enqueue(self, job: Job) -> None:
+    def _enqueue(self, job: Job, now: float | None = None) -> None:
+        self.available[job.id] = job.arrival if now is None else now  # a released job runs again from now
         heapq.heappush(self.queue[job.pool], (-job.priority, job.arrival, job.id, job))
 
     def _finish_jobs(self, now: float) -> None:
         while self.ends and self.ends[0][0] <= now:
-            _, pod_id, job_id = heapq.heappop(self.ends)
+            end, pod_id, job_id = heapq.heappop(self.ends)
             pod = self.pod_by_id.get(pod_id)
-            if pod is not None:
-                pod.jobs.pop(job_id, None)
+            if pod is not None and pod.jobs.pop(job_id, None) is not None:
+                heapq.heappush(pod.freed, end)
 
     def _dispatch(self, now: float) -> None:
         for name, pool in self.pools.items():
             queue = self.queue[name]
-            if not queue:
-                continue
-            for pod in self.pods[name]:
-                while queue and pod.deleting_at is None and pod.ready(now) and len(pod.jobs) < pool.slots:
-                    _, _, _, job = heapq.heappop(queue)
-                    end = now + job.duration
-                    pod.jobs[job.id] = end
-                    heapq.heappush(self.ends, (end, pod.id, job.id))
-                    if job.id not in self.started:  # a re-run after an interruption keeps its first wait
-                        self.started.add(job.id)
-                        self.m.waits.append(now - job.arrival)
-                        if job.priority > 0:
-                            self.m.waits_high.append(now - job.arrival)
+            while queue:
+                open_ = [p for p in self.pods[name]
+                         if p.deleting_at is None and p.ready(now) and len(p.jobs) < pool.slots]
+                if not open_:
+                    break
+                _, _, _, job = heapq.heappop(queue)
+                since = self.available[job.id]
+                # The first pod (in order: pods fill up before others are used) with a slot free
+                # when the job came; else the slot that freed up first after it.
+                pod = next((p for p in open_ if self._free_since(p, pool) <= since), None) or min(
+                    open_, key=lambda p: self._free_since(p, pool))
+                start = max(since, self._take_slot(pod, pool))
+                end = start + job.duration
+                pod.jobs[job.id] = end
+                heapq.heappush(self.ends, (end, pod.id, job.id))
+                if job.id not in self.started:  # a re-run after an interruption keeps its first wait
+                    self.started.add(job.id)
+                    self.m.waits.append(start - job.arrival)
+                    if job.priority > 0:
+                        self.m.waits_high.append(start - job.arrival)
+
+    @staticmethod
+    def _free_since(pod: Pod, pool: PoolSpec) -> float:
+        """Since when the pod's longest-free slot is free (time is continuous within a step: a job
+        that arrives, or a slot that frees up, between two steps starts at that moment)."""
+        assert pod.ready_at is not None
+        return pod.ready_at if len(pod.freed) < pool.slots - len(pod.jobs) else pod.freed[0]
+
+    @classmethod
+    def _take_slot(cls, pod: Pod, pool: PoolSpec) -> float:
+        since = cls._free_since(pod, pool)
+        if len(pod.freed) >= pool.slots - len(pod.jobs):
+            heapq.heappop(pod.freed)
+        return since
 
     # -- pods and nodes ---------------------------------------------------------------------------
 
@@ -224,7 +251,7 @@ class Cluster:
                     self.m.busy_killed += 1
                     for job_id in pod.jobs:
                         self.m.interrupted_jobs += 1
-                        self._enqueue(self.jobs[job_id])
+                        self._enqueue(self.jobs[job_id], now)
                     self.ends = [e for e in self.ends if e[1] != pod.id]
                     heapq.heapify(self.ends)
                     self._remove(pod, now)
@@ -239,7 +266,8 @@ class Cluster:
                         running=sum(len(p.jobs) for p in self.pods[name]),
                         oldest_pending_s=oldest, replicas=len(live),
                         ready=sum(1 for p in live if p.ready(now)),
-                        unschedulable=sum(1 for p in live if not p.scheduled))
+                        unschedulable=sum(1 for p in live if not p.scheduled),
+                        scheduled=sum(1 for p in live if p.scheduled))
 
     def _scale(self, name: str, now: float) -> None:
         view = self.view(name, now)

@@ -6,9 +6,12 @@
 Before a scale-down the operator sets each pod's deletion cost to its in-flight job count, so
 the ReplicaSet controller deletes idle pods first.
 
-``KedaScaler`` is KEDA's postgresql scaler feeding an HPA, as documented: the scaler's query
-returns the queue depth (runnable + running jobs) every ``pollingInterval`` (30 s); the HPA syncs
-every 15 s with the metric as an ``AverageValue`` target: ``desired = ceil(depth / target)``,
+``KedaScaler`` is KEDA's postgresql scaler feeding an HPA, as documented and as KEDA v2.21.0's
+source does it (``pkg/scaling/scale_handler.go``): the scaler's query returns the queue depth
+(runnable + running jobs); the HPA syncs every 15 s and, without ``useCachedMetrics`` (the
+default), each sync queries the database afresh through KEDA's metrics server (``pollingInterval``,
+30 s, only paces KEDA's own loop: activation from zero and the cooldown to zero). The metric is an
+``AverageValue`` target: ``desired = ceil(depth / target)``,
 no change while ``|depth / (target * replicas) - 1| <= 0.1``; scale-up at most
 ``max(100 %, 4 pods)`` per 15 s; scale-down to the highest recommendation of the last 300 s; KEDA
 itself activates 0 -> 1 on a poll that sees work and deactivates to 0 after ``cooldownPeriod``
@@ -27,21 +30,24 @@ from .cluster import Pod, PoolView
 from .traces import PoolSpec
 
 
-def jobqueue(pools: list[PoolSpec]) -> spec.JobQueueSpec:
-    """The JobQueue a user would write for these pools, with every scaling setting at its default."""
+def jobqueue(pools: list[PoolSpec], scaling: dict[str, dict[str, Any]] | None = None) -> spec.JobQueueSpec:
+    """The JobQueue a user would write for these pools: every scaling setting at its default, except
+    what ``scaling`` (pool name -> the pool's ``scaling`` in the CR) sets."""
+    scaling = scaling or {}
     return spec.parse({
         "database": {"secretRef": {"name": "db"}},
         "queues": ["default"],
         "pools": [{"name": p.name, "image": "worker:1", "jobTypes": [p.name], "concurrency": p.slots,
-                   "maxReplicas": p.max_replicas, **({"gpu": {"count": 1}} if p.gpu else {})} for p in pools],
+                   "maxReplicas": p.max_replicas, **({"gpu": {"count": 1}} if p.gpu else {}),
+                   **({"scaling": scaling[p.name]} if p.name in scaling else {})} for p in pools],
     })
 
 
 class SkiplockScaler:
     name = "skiplock"
 
-    def __init__(self, pools: list[PoolSpec]) -> None:
-        self.spec = jobqueue(pools)
+    def __init__(self, pools: list[PoolSpec], scaling: dict[str, dict[str, Any]] | None = None) -> None:
+        self.spec = jobqueue(pools, scaling)
         self.interval_s = self.spec.poll_interval()
         self.settings = {p.name: self.spec.pool_settings(p) for p in self.spec.pools}
         self.states: dict[str, policy.PolicyState] = {}
@@ -56,7 +62,7 @@ class SkiplockScaler:
         state = self.states.get(name) or policy.PolicyState.resumed(view.replicas, now)
         obs = policy.Observation(pending=view.pending, running=view.running,
                                  oldest_pending_seconds=view.oldest_pending_s, replicas=view.replicas,
-                                 ready=view.ready, unschedulable=view.unschedulable)
+                                 ready=view.ready, unschedulable=view.unschedulable, scheduled=view.scheduled)
         decision = policy.decide(self.settings[name], state, obs, now)
         self.states[name] = decision.state
         self.reasons[name] = decision.reason
@@ -89,13 +95,13 @@ class KedaScaler:
 
     def replicas(self, view: PoolView, now: float) -> int:
         name = view.pool.name
+        depth = view.pending + view.running  # the HPA's sync queries afresh (no useCachedMetrics)
         polled = name not in self.metric or now - self.metric[name][0] >= self.polling_s
-        if polled:
-            self.metric[name] = (now, view.pending + view.running)
-        depth = self.metric[name][1]
+        if polled:  # KEDA's own loop: activation and cooldown see the depth every pollingInterval
+            self.metric[name] = (now, depth)
+            if depth > 0:
+                self.last_active[name] = now
         current = view.replicas
-        if depth > 0:
-            self.last_active[name] = now
         if current == 0:  # the HPA is idle at zero; KEDA activates on a poll that sees work
             return 1 if polled and depth > 0 else 0
         if polled and depth == 0 and now - self.last_active.get(name, -math.inf) >= self.cooldown_s:
@@ -119,3 +125,20 @@ class KedaScaler:
 
     def victims(self, pods: list[Pod], count: int, rng: random.Random) -> list[Pod]:
         return rng.sample(pods, min(count, len(pods)))
+
+
+class CeilingScaler:
+    """Not a scaler: every pool at ``maxReplicas`` from the first second. The waits it gets are the
+    best any scaler bounded by the same ``maxReplicas`` and GPU nodes could reach."""
+
+    name = "ceiling"
+    interval_s = 10.0
+
+    def __init__(self, pools: list[PoolSpec]) -> None:
+        del pools
+
+    def replicas(self, view: PoolView, now: float) -> int:
+        return view.pool.max_replicas
+
+    def victims(self, pods: list[Pod], count: int, rng: random.Random) -> list[Pod]:
+        return []

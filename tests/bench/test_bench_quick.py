@@ -105,7 +105,10 @@ def test_autoscale_compares_every_trace(results: tuple[dict[str, Any], Path]) ->
     for row in rows:
         for scaler in ("skiplock", "keda"):
             assert row[scaler]["jobs"] == row["jobs"] and row[scaler]["unfinished"] == 0
-            assert set(row["targets_met"]) == {"wait_p95_at_most_half", "idle_gpu_at_most_0.7x", "no_busy_pod_killed"}
+            assert set(row["targets_met"]) == {"wait_p95_at_most_half", "idle_gpu_at_most_0.7x", "idle_cpu_no_worse",
+                                               "no_busy_pod_killed"}
+        assert row["ceiling"]["wait_p95_s"] <= row["keda"]["wait_p95_s"]  # nothing waits less than every pod up
+        assert [h["headroom"] for h in row["tradeoff"]] == [0.0, 0.5, 1.0, 1.5]
 
 
 def test_report_has_table_plots_and_machine(results: tuple[dict[str, Any], Path]) -> None:

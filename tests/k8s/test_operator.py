@@ -15,6 +15,7 @@ import secrets
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -352,12 +353,13 @@ def test_a_burst_scales_cpu_and_gpu_pools_up_holds_at_gpu_capacity_and_back_to_z
     assert api.replicas("ml-gpu") == 3
     assert op.metric("skiplock_operator_pool_unschedulable_pods", jobqueue="ml", pool="gpu") == 1.0
 
-    # Capacity appears: the pending pod is scheduled and the pool grows again (to the next limit).
+    # Capacity appears: the pending pod is scheduled and the pool grows again, one pod beyond the
+    # scheduled ones (capacity probing): 4 Running, 1 Pending for 6 jobs.
     for node in ("gpu-3", "gpu-4"):
         api.cluster.add_node(node, gpus=1)
     try:
-        wait_for(lambda: api.replicas("ml-gpu") == 6, 60, "the gpu pool resumed to 6")
         wait_for(lambda: len(api.running("gpu")) == 4, 60, "4 gpu pods Running")
+        wait_for(lambda: api.replicas("ml-gpu") == 5, 60, "the gpu pool resumed to 5")
         api.event("GPUCapacityAvailable")
 
         # The work is done: both pools step down and sleep at zero.
@@ -369,6 +371,89 @@ def test_a_burst_scales_cpu_and_gpu_pools_up_holds_at_gpu_capacity_and_back_to_z
     finally:
         for node in ("gpu-3", "gpu-4"):
             api.cluster.delete_node(node)
+
+
+class GpuPodWatch:
+    """Samples a namespace's GPU pool pods in the background: the most pods ever not yet placed on
+    a node, and every sample where Pending pods outnumbered Running ones + ``max_pending``."""
+
+    def __init__(self, api: Api, max_pending: int) -> None:
+        self.api, self.max_pending = api, max_pending
+        self.most_unplaced, self.samples = 0, 0
+        self.over: list[tuple[int, int]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> GpuPodWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.2):
+            try:
+                pods = self.api.pods("gpu")
+            except Exception:  # a transient API error: the next sample
+                continue
+            unplaced = sum(1 for p in pods if not p["spec"].get("nodeName"))
+            phases = [p["status"].get("phase") for p in pods]
+            pending, running = phases.count("Pending"), phases.count("Running")
+            self.samples += 1
+            self.most_unplaced = max(self.most_unplaced, unplaced)
+            if pending > running + self.max_pending:
+                self.over.append((pending, running))
+
+
+def test_a_gpu_pool_probes_for_capacity_and_grows_onto_nodes_added_while_pods_wait(
+        api: Api, dsn: str, start_operator: Callable[..., Operator]) -> None:
+    """300 GPU jobs, two one-GPU nodes, maxReplicas 6: never more than one pod waiting for a GPU
+    (issue 19: the pool used to jump to 6 at once, 4 of them Pending); nodes added while the
+    probe waits take it and the next one; the unschedulable surplus goes after maxPendingAgeSeconds
+    and the pool probes again after as long."""
+    wait_for(lambda: not gpu_pods_elsewhere(api), 60, "GPU nodes free of other tests' pods")
+    start_operator("--standalone")
+    age = 30  # longer than the steps before the nodes are added: no scale-back before then
+    api.apply(jobqueue("probe", gpu_pool(gpu={"nodeSelector": {f"{GPU}.present": "true"},
+                                              "maxPendingAgeSeconds": age})))
+    wait_for(lambda: api.condition("probe", "Ready").get("status") == "True", 30, "Ready")
+    jobs = asyncio.run(enqueue(dsn, 300, type="train"))
+    added: list[str] = []
+    with GpuPodWatch(api, max_pending=1) as watch:
+        try:
+            wait_for(lambda: len(api.running("gpu")) == 2, 60, "2 gpu pods Running")
+            held = wait_for(lambda: (s := api.pool_status("probe", "gpu")).get("unschedulableReplicas") == 1
+                            and s, 30, "one gpu pod waiting for capacity")
+            assert (held["desiredReplicas"], held["gpuPods"], held["held"]) == (3, 2, True)
+            api.event("GPUCapacityExhausted", "Insufficient nvidia.com/gpu")
+            time.sleep(3)
+            assert api.replicas("probe-gpu") == 3 and len(api.pods("gpu")) == 3  # no overshoot to 6
+
+            # A node autoscaler adds nodes while the probe waits: the pool grows onto them.
+            for n, name in enumerate(("gpu-3", "gpu-4"), start=3):
+                api.cluster.add_node(name, gpus=1)
+                added.append(name)
+                wait_for(lambda n=n: len(api.running("gpu")) == n, 60, f"{n} gpu pods Running")
+                wait_for(lambda n=n: api.replicas("probe-gpu") == n + 1, 30, f"the pool probing with pod {n + 1}")
+            assert {p["spec"]["nodeName"] for p in api.running("gpu")} == {"gpu-1", "gpu-2", "gpu-3", "gpu-4"}
+
+            # No fifth node: the surplus pod is scaled back after its age, then probed again.
+            wait_for(lambda: api.replicas("probe-gpu") == 4, age + 20, "the unschedulable surplus scaled back")
+            api.event("ScaledDown", "unschedulable for")
+            wait_for(lambda: len(api.pods("gpu")) == 4, 30, "the pending pod gone")
+            assert len(api.running("gpu")) == 4  # the ReplicaSet removed the unscheduled pod, not a Running one
+            wait_for(lambda: api.replicas("probe-gpu") == 5, age + 20, "probing again")
+        finally:
+            asyncio.run(cancel(dsn, jobs))
+            wait_for(lambda: api.replicas("probe-gpu") == 0, 60, "the gpu pool at 0")
+            for name in added:
+                api.cluster.delete_node(name)
+    print(f"gpu probing: {watch.samples} samples, at most {watch.most_unplaced} pod(s) unplaced")
+    assert watch.samples > 50
+    assert watch.most_unplaced <= 1, "more than maxPending GPU pods waited for a node"
+    assert watch.over == [], "Pending GPU pods exceeded Running + maxPending"
 
 
 def test_scale_down_removes_idle_pods_and_keeps_busy_ones(api: Api, dsn: str,

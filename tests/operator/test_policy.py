@@ -12,8 +12,9 @@ S = Settings(min_replicas=0, max_replicas=10, target_per_pod=10, stabilization_s
 
 
 def obs(pending: int = 0, running: int = 0, replicas: int = 0, *, oldest: float = 0.0, ready: int | None = None,
-        unschedulable: int = 0) -> Observation:
-    return Observation(pending, running, oldest, replicas, replicas if ready is None else ready, unschedulable)
+        unschedulable: int = 0, scheduled: int | None = None) -> Observation:
+    return Observation(pending, running, oldest, replicas, replicas if ready is None else ready, unschedulable,
+                       scheduled=replicas - unschedulable if scheduled is None else scheduled)
 
 
 def run(settings: Settings, steps: list[tuple[float, Observation]],
@@ -134,6 +135,91 @@ def test_unschedulable_pods_hold_growth_but_not_shrinking() -> None:
     late = PolicyState(((0.0, 1),))
     shrink = decide(S, late, obs(pending=3, replicas=4, unschedulable=2), now=100)
     assert shrink.direction is Direction.DOWN
+
+
+GPU = Settings(max_replicas=6, target_per_pod=1, stabilization_seconds=60, max_pending=1,
+              max_pending_pod_age_seconds=120)
+
+
+def test_a_gpu_pool_adds_one_pod_beyond_the_scheduled_ones_and_grows_as_they_are_placed() -> None:
+    first = decide(GPU, PolicyState(), obs(pending=300), now=0)
+    assert (first.replicas, first.held, first.direction) == (1, True, Direction.UP)
+    assert "at most 1 pod(s) waiting for capacity" in first.reason
+    # Not placed yet (no PodScheduled verdict, or unschedulable): nothing more.
+    assert decide(GPU, first.state, obs(pending=300, replicas=1, scheduled=0), now=10).replicas == 1
+    waiting = decide(GPU, first.state, obs(pending=300, replicas=1, unschedulable=1), now=10)
+    assert (waiting.replicas, waiting.held) == (1, True)
+    # Placed: one more, each time.
+    grown = run(GPU, [(20 + i, obs(pending=300, replicas=n, scheduled=n)) for i, n in enumerate(range(1, 6))])
+    assert [d.replicas for d in grown] == [2, 3, 4, 5, 6]
+    # Two GPUs, a pool of 6 asked for: never more than one pod waiting.
+    two = decide(GPU, PolicyState(), obs(pending=300, replicas=3, unschedulable=1, scheduled=2), now=0)
+    assert two.replicas == 3 and "1 waiting" in two.reason
+
+
+def test_a_larger_max_pending_probes_with_more_pods() -> None:
+    s = Settings(max_replicas=10, target_per_pod=1, max_pending=3)
+    assert decide(s, PolicyState(), obs(pending=50), now=0).replicas == 3
+    assert decide(s, PolicyState(), obs(pending=50, replicas=4, unschedulable=1, scheduled=3), now=0).replicas == 6
+    assert decide(s, PolicyState(), obs(pending=2, replicas=0), now=0).replicas == 2  # the need is lower
+
+
+def test_probing_never_shrinks_below_the_replicas_and_leaves_a_lower_need_alone() -> None:
+    over = decide(GPU, PolicyState(), obs(pending=300, replicas=5, unschedulable=4, scheduled=1), now=0)
+    assert (over.replicas, over.direction) == (5, None)  # more pending than allowed: the age rule trims
+    calm = decide(GPU, PolicyState(), obs(pending=0, running=2, replicas=2), now=0)
+    assert (calm.replicas, calm.held) == (2, False)
+
+
+def test_unschedulable_surplus_is_scaled_back_after_its_age_then_probed_again() -> None:
+    stuck = obs(pending=300, running=2, replicas=3, unschedulable=1, scheduled=2)
+    d = run(GPU, [(0, stuck), (60, stuck), (119, stuck)])
+    assert [x.replicas for x in d] == [3, 3, 3] and d[-1].state.unschedulable_since == 0
+    back = decide(GPU, d[-1].state, stuck, now=120)
+    assert (back.replicas, back.direction, back.held) == (2, Direction.DOWN, True)
+    assert "unschedulable for 120s" in back.reason and back.state.probe_after == 240
+    settled = obs(pending=300, running=2, replicas=2, scheduled=2)
+    quiet = run(GPU, [(130, settled), (239, settled)], back.state)
+    assert [x.replicas for x in quiet] == [2, 2] and all(x.held for x in quiet)
+    assert "probing capacity again" in quiet[0].reason
+    again = decide(GPU, quiet[-1].state, settled, now=240)
+    assert (again.replicas, again.direction) == (3, Direction.UP)
+
+
+def test_a_node_that_appears_while_a_pod_waits_lets_the_pool_grow_onto_it() -> None:
+    stuck = obs(pending=300, running=2, replicas=3, unschedulable=1, scheduled=2)
+    d = decide(GPU, PolicyState(), stuck, now=0)
+    placed = decide(GPU, d.state, obs(pending=300, running=3, replicas=3, scheduled=3), now=30)
+    assert placed.replicas == 4 and placed.state.unschedulable_since is None
+    # The surplus timer starts again with the next wait: no scale-back 120 s after the first one.
+    later = decide(GPU, placed.state, obs(pending=300, running=3, replicas=4, unschedulable=1, scheduled=3), 130)
+    assert later.replicas == 4
+
+
+def test_scale_back_keeps_min_replicas() -> None:
+    s = Settings(min_replicas=3, max_replicas=6, target_per_pod=1, max_pending=1, max_pending_pod_age_seconds=10)
+    stuck = obs(pending=10, replicas=4, unschedulable=2, scheduled=2)
+    d = run(s, [(0, stuck), (10, stuck)])
+    assert d[-1].replicas == 3
+
+
+@given(st.lists(st.tuples(st.integers(0, 400), st.integers(0, 8), st.integers(0, 3)), min_size=1, max_size=40),
+       st.integers(1, 3))
+@settings(max_examples=200, deadline=None)
+def test_probing_never_adds_pods_beyond_scheduled_plus_max_pending(
+        series: list[tuple[int, int, int]], max_pending: int) -> None:
+    """Whatever the scheduler does, a scale-up never leaves more than ``max_pending`` pods unplaced."""
+    s = Settings(max_replicas=12, target_per_pod=1, stabilization_seconds=30, max_pending=max_pending,
+                 max_pending_pod_age_seconds=60)
+    state, replicas = PolicyState(), 0
+    for i, (pending, placed, stuck) in enumerate(series):
+        scheduled = min(placed, replicas)
+        unschedulable = min(stuck, replicas - scheduled)
+        d = decide(s, state, obs(pending=pending, replicas=replicas, unschedulable=unschedulable,
+                                 scheduled=scheduled), now=i * 10.0)
+        if d.replicas > replicas:
+            assert d.replicas - scheduled <= max_pending
+        state, replicas = d.state, d.replicas
 
 
 def test_jobs_waiting_too_long_add_a_pod_when_every_pod_is_ready() -> None:

@@ -42,9 +42,9 @@ async def test_a_burst_creates_the_deployments_at_the_needed_size(rt: Runtime, k
     status = await poll(rt, kube, body)
 
     cpu, gpu = kube.deploys[(NS, "jq-cpu")], kube.deploys[(NS, "jq-gpu")]
-    assert (cpu["spec"]["replicas"], gpu["spec"]["replicas"]) == (4, 3)
+    assert (cpu["spec"]["replicas"], gpu["spec"]["replicas"]) == (4, 1)  # GPU: one pod probes for capacity
     assert events.reasons().count("DeploymentCreated") == 2 and events.reasons().count("ScaledUp") == 2
-    assert (status["pending"], status["running"], status["replicas"]) == (10, 0, "cpu=4/0 gpu=3/0")
+    assert (status["pending"], status["running"], status["replicas"]) == (10, 0, "cpu=4/0 gpu=1/0")
     assert status["observedGeneration"] == 1 and status["queues"] == "default"
     assert [p["pending"] for p in status["pools"]] == [7, 3]
     assert condition(status, "Ready")["status"] == "True"
@@ -137,7 +137,10 @@ async def test_unschedulable_gpu_pods_hold_the_pool_and_degrade_the_queue(rt: Ru
     body = jobqueue(spec({"name": "gpu", "image": "w", "concurrency": 1, "gpu": {}}))
     await enqueue(dsn, 2)
     await poll(rt, kube, body)
+    assert kube.deploys[(NS, "jq-gpu")]["spec"]["replicas"] == 1  # probing: one pod until it is placed
     kube.add_pod(NS, "jq-gpu-5d8f7c9b4-aaaaa", "jq", "gpu")
+    await poll(rt, kube, body)
+    assert kube.deploys[(NS, "jq-gpu")]["spec"]["replicas"] == 2
     kube.add_pod(NS, "jq-gpu-5d8f7c9b4-bbbbb", "jq", "gpu",
                  unschedulable="0/4 nodes are available: 4 Insufficient nvidia.com/gpu.")
     await enqueue(dsn, 6)
@@ -154,7 +157,8 @@ async def test_unschedulable_gpu_pods_hold_the_pool_and_degrade_the_queue(rt: Ru
     del kube.pods[(NS, "jq-gpu-5d8f7c9b4-bbbbb")]  # capacity appeared: it was scheduled
     kube.add_pod(NS, "jq-gpu-5d8f7c9b4-bbbbb", "jq", "gpu")
     status = await poll(rt, kube, body)
-    assert kube.deploys[(NS, "jq-gpu")]["spec"]["replicas"] == 8
+    assert kube.deploys[(NS, "jq-gpu")]["spec"]["replicas"] == 3  # both placed: one more probes
+    assert status["pools"][0]["held"] is True  # 8 jobs, but no more than one pod waits for a GPU
     assert condition(status, "Degraded")["status"] == "False"
     assert "GPUCapacityAvailable" in events.reasons()
 

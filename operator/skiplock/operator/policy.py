@@ -17,13 +17,20 @@ The rules, in order (docs/operator.md explains them):
    ``scaleToZeroAfterSeconds``, keeps at least one pod; ``minReplicas`` always; ``maxReplicas`` caps.
 4. *Up at once*: a need above the current replicas is applied on the same poll (a burst is served
    on the first poll, and a pool at zero wakes as soon as one job is runnable).
-5. *Down after a window*: below the current replicas, the highest need seen during
-   ``scaleDownStabilizationSeconds`` wins (a dip shorter than the window changes nothing, so the
-   pool never flaps); then the pool steps down by half the gap per poll, at least one pod.
+5. *Down after a window*: below the current replicas, the current need or the highest load (in
+   pods, without the spare slots, which already absorb its swings) seen during
+   ``scaleDownStabilizationSeconds`` wins, whichever is higher (a dip shorter than the window
+   changes nothing, so the pool never flaps); then the pool steps down by half the gap per poll, at least one pod.
    After ``scaleToZeroAfterSeconds`` without any job the pool goes straight to ``minReplicas``,
    and above ``maxReplicas`` (lowered in the spec) straight to it.
 6. *Unschedulable hold*: while pods of the pool cannot be scheduled (e.g. no GPU left), it does
    not grow; it resumes once the scheduler places them.
+7. *Capacity probing* (pools whose pods need a scarce resource, ``max_pending`` set: GPU pools):
+   instead of the hold, the pool grows to at most ``scheduled + max_pending`` pods, so no more
+   than ``max_pending`` pods wait for capacity at a time (enough for a node autoscaler to react),
+   and grows further only as they are placed. Pods unschedulable for ``max_pending_pod_age_seconds``
+   are scaled back (down to the placed ones, never below ``minReplicas``), and the pool probes
+   again after as long.
 """
 
 from __future__ import annotations
@@ -45,9 +52,11 @@ class Settings:
     max_pending_age_seconds: float | None = None
     headroom: float = 0.0  # spare slots = ceil(headroom * sqrt(work))
     paused: bool = False
+    max_pending: int | None = None  # scarce pools: pods beyond the scheduled ones at most (None: no probing)
+    max_pending_pod_age_seconds: float = 300.0  # unschedulable this long: scaled back
 
 
-DEFAULT_HEADROOM = 0.5  # CPU pools; GPU pools default to 0 (bench/autoscale: enough to halve p95 waits)
+DEFAULT_HEADROOM = 1.0  # CPU pools; GPU pools default to 0 (bench/autoscale: the headroom sweep)
 
 
 @dataclass(frozen=True)
@@ -61,6 +70,7 @@ class Observation:
     ready: int = 0
     unschedulable: int = 0  # pods the scheduler could not place
     within_limits: int | None = None  # of pending + running, what the concurrency limits let run (None: no limit)
+    scheduled: int = 0  # pods the scheduler placed on a node (capacity probing counts from them)
 
     @property
     def work(self) -> int:
@@ -78,6 +88,8 @@ class PolicyState:
 
     recommendations: tuple[tuple[float, int], ...] = ()  # (time, need) within the window
     idle_since: float | None = None
+    unschedulable_since: float | None = None  # since when some pod of the pool cannot be scheduled
+    probe_after: float | None = None  # capacity probing: no pod beyond the scheduled ones before this
 
     @classmethod
     def resumed(cls, replicas: int, now: float, idle_since: float | None = None) -> PolicyState:
@@ -97,7 +109,7 @@ class Decision:
     reason: str
     state: PolicyState
     direction: Direction | None = None
-    held: bool = False  # growth withheld because pods are unschedulable
+    held: bool = False  # growth withheld because pods are unschedulable (or, probing, not yet placed)
 
 
 def need(settings: Settings, obs: Observation) -> int:
@@ -106,12 +118,17 @@ def need(settings: Settings, obs: Observation) -> int:
     spare = math.ceil(settings.headroom * math.sqrt(load)) if load and load == obs.work else 0  # a binding
     # concurrency limit, not the pods, holds the rest back: no spare slots beside it
     wanted = math.ceil((load + spare) / settings.target_per_pod)
-    age = settings.max_pending_age_seconds
-    # With a limit on the work, more pods than it lets run would sit idle: the age rule stays out.
-    if (age is not None and obs.within_limits is None and obs.pending > 0 and obs.oldest_pending_seconds > age
-            and obs.replicas > 0 and obs.ready >= obs.replicas and obs.unschedulable == 0):
+    if _aged(settings, obs):
         wanted = max(wanted, obs.replicas + 1)
     return wanted
+
+
+def _aged(settings: Settings, obs: Observation) -> bool:
+    """Whether the ``maxPendingAgeSeconds`` rule asks for one pod more. With a limit on the work,
+    more pods than it lets run would sit idle: the rule stays out."""
+    age = settings.max_pending_age_seconds
+    return (age is not None and obs.within_limits is None and obs.pending > 0 and obs.oldest_pending_seconds > age
+            and obs.replicas > 0 and obs.ready >= obs.replicas and obs.unschedulable == 0)
 
 
 def decide(settings: Settings, state: PolicyState, obs: Observation, now: float) -> Decision:
@@ -127,8 +144,15 @@ def decide(settings: Settings, state: PolicyState, obs: Observation, now: float)
     wanted = min(max(need(settings, obs), floor), settings.max_replicas)
     horizon = now - settings.stabilization_seconds
     kept = tuple(r for r in state.recommendations if r[0] > horizon and r[0] <= now)
-    recs = (*kept, (now, wanted))
-    new_state = PolicyState(recs, idle_since)
+    # The window remembers the load in pods, without the spare slots (they absorb its random swings
+    # already: holding the peak of load + spare would count them twice); the age rule's pod stays.
+    held_need = wanted if _aged(settings, obs) else min(
+        max(math.ceil(obs.load / settings.target_per_pod), floor), settings.max_replicas)
+    recs = (*kept, (now, held_need))
+    stuck_since = (state.unschedulable_since if state.unschedulable_since is not None else now) \
+        if obs.unschedulable else None
+    probe_after = state.probe_after if state.probe_after is not None and state.probe_after > now else None
+    new_state = PolicyState(recs, idle_since, stuck_since, probe_after)
 
     if wanted >= obs.replicas:
         target, reason = wanted, _why(settings, obs, wanted)
@@ -137,9 +161,9 @@ def decide(settings: Settings, state: PolicyState, obs: Observation, now: float)
     elif asleep:
         target = wanted
         reason = f"no jobs for {idle_for:.0f}s (scaleToZeroAfterSeconds {settings.scale_to_zero_after_seconds:g})"
-        new_state = PolicyState(((now, wanted),), idle_since)
+        new_state = PolicyState(((now, wanted),), idle_since, stuck_since, probe_after)
     else:
-        stable = max(n for _, n in recs)
+        stable = max(wanted, *(n for _, n in recs))
         if stable >= obs.replicas:
             target = obs.replicas
             reason = (f"needs {wanted}, holding {obs.replicas} for the "
@@ -150,12 +174,40 @@ def decide(settings: Settings, state: PolicyState, obs: Observation, now: float)
             reason = f"{_why(settings, obs, wanted)}; stepping down towards {stable}"
 
     held = False
-    if target > obs.replicas and obs.unschedulable > 0:
+    if settings.max_pending is not None:
+        target, reason, held, new_state = _probe(settings, new_state, obs, now, target, reason, wanted)
+    elif target > obs.replicas and obs.unschedulable > 0:
         target, held = obs.replicas, True
         reason = f"{obs.unschedulable} pod(s) unschedulable: holding at {obs.replicas} (needs {wanted})"
     direction = (Direction.UP if target > obs.replicas else Direction.DOWN if target < obs.replicas
                  else None)
     return Decision(target, reason, new_state, direction, held)
+
+
+def _probe(settings: Settings, state: PolicyState, obs: Observation, now: float, target: int, reason: str,
+           wanted: int) -> tuple[int, str, bool, PolicyState]:
+    """Capacity probing (rule 7): at most ``max_pending`` pods beyond the scheduled ones; the
+    unschedulable surplus scaled back after ``max_pending_pod_age_seconds``."""
+    assert settings.max_pending is not None
+    age = settings.max_pending_pod_age_seconds
+    since = state.unschedulable_since
+    if since is not None and now - since >= age and target > obs.scheduled:
+        back = min(obs.replicas, max(obs.scheduled, settings.min_replicas))
+        if back < target:
+            return back, (f"{obs.unschedulable} pod(s) unschedulable for {now - since:.0f}s "
+                          f"(maxPendingAgeSeconds {age:g}): scaling back to the {obs.scheduled} scheduled, "
+                          f"probing again in {age:g}s (needs {wanted})"), True, \
+                PolicyState(state.recommendations, state.idle_since, None, now + age)
+    allowance = 0 if state.probe_after is not None else settings.max_pending
+    ceiling = obs.scheduled + allowance
+    if target > obs.replicas and target > ceiling:
+        capped = max(obs.replicas, ceiling)
+        waiting = obs.replicas - obs.scheduled
+        why = (f"probing capacity again after {state.probe_after - now:.0f}s" if state.probe_after is not None
+               else f"at most {settings.max_pending} pod(s) waiting for capacity")
+        return capped, (f"{obs.scheduled} pod(s) scheduled, {waiting} waiting; {why}: "
+                        f"{capped} replicas (needs {wanted})"), True, state
+    return target, reason, False, state
 
 
 def _why(settings: Settings, obs: Observation, wanted: int) -> str:

@@ -230,7 +230,7 @@ def _decide(jq: JobQueueState, spec: JobQueueSpec, pool: Pool, observed: Observe
     state = jq.policies.get(pool.name) or policy.PolicyState.resumed(
         current, now, parse_timestamp(before.get("idleSince")))
     obs = policy.Observation(wanted.pending, wanted.running, wanted.oldest_pending_seconds, current,
-                             counts.ready, counts.unschedulable, wanted.within_limits)
+                             counts.ready, counts.unschedulable, wanted.within_limits, counts.scheduled)
     decision = policy.decide(spec.pool_settings(pool), state, obs, now)
     jq.policies[pool.name] = decision.state
     idle = decision.state.idle_since

@@ -71,6 +71,8 @@ class Gpu(_Model):
     resource_name: str = DEFAULT_GPU_RESOURCE
     node_selector: dict[str, str] = Field(default_factory=dict)
     tolerations: list[dict[str, Any]] | None = None
+    max_pending: int = Field(default=1, ge=1)  # capacity probing: pods waiting for a GPU at most
+    max_pending_age_seconds: int = Field(default=300, ge=1)  # unschedulable this long: scaled back
 
     def effective_tolerations(self) -> list[dict[str, Any]]:
         """The tolerations given, else one for the NoSchedule taint keyed by the GPU resource."""
@@ -190,6 +192,8 @@ class JobQueueSpec(_Model):
             max_pending_age_seconds=float(age) if age is not None else None,
             headroom=float(headroom),
             paused=bool(pick("paused")),
+            max_pending=pool.gpu.max_pending if pool.gpu is not None else None,
+            max_pending_pod_age_seconds=float(pool.gpu.max_pending_age_seconds) if pool.gpu is not None else 300.0,
         )
 
     def poll_interval(self) -> float:
