@@ -435,8 +435,14 @@ def test_a_gpu_pool_probes_for_capacity_and_grows_onto_nodes_added_while_pods_wa
             for n, name in enumerate(("gpu-3", "gpu-4"), start=3):
                 api.cluster.add_node(name, gpus=1)
                 added.append(name)
-                wait_for(lambda n=n: len(api.running("gpu")) == n, 60, f"{n} gpu pods Running")
-                wait_for(lambda n=n: api.replicas("probe-gpu") == n + 1, 30, f"the pool probing with pod {n + 1}")
+                def running(k: int = n) -> bool:
+                    return len(api.running("gpu")) == k
+
+                def probing(k: int = n) -> bool:
+                    return api.replicas("probe-gpu") == k + 1
+
+                wait_for(running, 60, f"{n} gpu pods Running")
+                wait_for(probing, 30, f"the pool probing with pod {n + 1}")
             assert {p["spec"]["nodeName"] for p in api.running("gpu")} == {"gpu-1", "gpu-2", "gpu-3", "gpu-4"}
 
             # No fifth node: the surplus pod is scaled back after its age, then probed again.
