@@ -1,5 +1,6 @@
 """The lease keeper: one statement per interval renews the lease of every held execution, records
-the worker as seen, and delivers cancel requests; an execution whose lease was lost is told to stop."""
+the worker as seen, delivers cancel requests, and holds (or takes over) the leadership of
+cluster-wide work (``leader``); an execution whose lease was lost is told to stop."""
 
 from __future__ import annotations
 
@@ -27,25 +28,30 @@ class LeaseKeeper(Service):
         super().__init__()
         self.db, self.executions, self.completer, self.metrics = db, executions, completer, metrics
         self.every = every
+        self.leader = False
+        """Whether this worker does the cluster-wide work (maintenance, schedules, queue metrics)."""
         self._params: dict[str, Any] = {
             "worker_id": worker_id, "queues": queues, "types": types, "hostname": socket.gethostname(),
-            "pid": os.getpid(), "concurrency": concurrency, "lease_seconds": lease_seconds}
+            "pid": os.getpid(), "concurrency": concurrency, "lease_seconds": lease_seconds,
+            "leader_seconds": max(lease_seconds, 2 * every)}
 
     async def run(self) -> None:
         while True:
+            await self.heartbeat()  # at once at start: a fleet has a leader within a heartbeat
             await sleep_jittered(self.every * 0.8)
-            await self.heartbeat()
 
     async def heartbeat(self) -> None:
         """Renew every held lease in one statement; deliver cancel requests; note lost leases."""
         held_before = dict(self.executions.held)  # executions claimed meanwhile are not this statement's business
         ids = sorted({job_id for job_id, _ in held_before})
         try:
-            rows = await self.db.execute("heartbeat", {**self._params, "ids": ids})
+            rows = await self.db.execute("worker_heartbeat", {**self._params, "ids": ids})
         except DatabaseUnavailable as exc:
             note_db_error(self.metrics, "heartbeat", exc)
+            self.leader = False  # until a heartbeat says so again (another worker may take over)
             return
-        held = {(r["id"], r["attempts"]): r["cancel_requested"] for r in rows}
+        self.leader = bool(rows and rows[0]["leader"])
+        held = {(r["id"], r["attempts"]): r["cancel_requested"] for r in rows if r["id"] is not None}
         finishing = self.completer.buffered()
         still = self.executions.held
         for key, entry in held_before.items():
