@@ -18,7 +18,7 @@ import logging
 import random
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from . import plans
@@ -49,7 +49,9 @@ class Executor(Service):
                  poll_interval: float, lease_seconds: float, job_timeout: float | None,
                  shutdown_grace: float, max_result_bytes: int, idle_poll_interval: float | None = None,
                  listening: Callable[[], bool] = lambda: False,
-                 due_in: Callable[[], float | None] = lambda: None) -> None:
+                 due_in: Callable[[], float | None] = lambda: None,
+                 settle: Callable[[], Awaitable[bool]] | None = None,
+                 announce: Callable[[], bool] = lambda: False) -> None:
         super().__init__()
         self.db, self.registry, self.executions, self.completer = db, registry, executions, completer
         self.metrics, self.wake = metrics, wake
@@ -58,8 +60,10 @@ class Executor(Service):
         self.poll_interval, self.lease_seconds, self.job_timeout = poll_interval, lease_seconds, job_timeout
         self.shutdown_grace, self.max_result_bytes = shutdown_grace, max_result_bytes
         self.idle_poll_interval = max(poll_interval, idle_poll_interval or poll_interval)
-        self.listening, self.due_in = listening, due_in
+        self.listening, self.due_in, self.settle, self.announce = listening, due_in, settle, announce
         self.empty_claims = 0
+        self.claim_seconds = 0.0
+        """How long a claim statement takes (a moving average): the herd's backoff step follows it."""
         self.claimed = 0
         self._stopping = asyncio.Event()
         self._hard = False
@@ -133,7 +137,16 @@ class Executor(Service):
                 wait = self._idle_wait()
                 if self._refill_in is not None:  # a rate limit held jobs back: claim at its next token
                     wait = min(wait, max(self._refill_in, plans.RATE_BURST_SECONDS / 2))
-                await wait_for_event(self.wake, wait)
+                await self._wait_for_work(wait)
+
+    async def _wait_for_work(self, wait: float) -> None:
+        """Until ``wait`` seconds pass or a wake-up that ``settle`` says to claim for (a herd of
+        idle workers woken by one NOTIFY: see ``listener.py``)."""
+        while await wait_for_event(self.wake, wait):
+            if self.settle is None or self.stopping or self._has_limits or await self.settle():
+                return
+            self.wake.clear()
+            wait = self._idle_wait()
 
     def _idle_wait(self) -> float:
         """How long to wait for a wake-up before claiming again: the jittered poll interval; with a
@@ -159,6 +172,10 @@ class Executor(Service):
                 rows, refill = await self.db.run(plans.claim_limited(params))
                 if refill is not None:
                     self._refill_in = min(refill, self._refill_in or refill)
+            elif self.announce():  # other idle workers may wait on this claim's outcome
+                began = time.monotonic()
+                rows = [r for r in await self.db.execute("claim_announce", params) if r["id"] is not None]
+                self.claim_seconds += (time.monotonic() - began - self.claim_seconds) / 8
             else:
                 rows = await self.db.execute("claim", params)
             rows.sort(key=lambda r: (-r["priority"], r["run_at"], r["id"]))
@@ -291,10 +308,12 @@ def describe(exc: BaseException) -> str:
     return tb.replace("\x00", "\\x00").encode("utf-8", "backslashreplace").decode("utf-8")
 
 
-async def wait_for_event(event: asyncio.Event, seconds: float) -> None:
-    """Until ``event`` is set or ``seconds`` pass (``asyncio.timeout``: a cancel always gets through)."""
+async def wait_for_event(event: asyncio.Event, seconds: float) -> bool:
+    """Until ``event`` is set (True) or ``seconds`` pass (False); ``asyncio.timeout``, not
+    ``wait_for``: a cancel always gets through."""
     if event.is_set():
-        return
+        return True
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(seconds):
             await event.wait()
+    return event.is_set()

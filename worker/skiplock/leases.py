@@ -29,6 +29,8 @@ class LeaseKeeper(Service):
         self.db, self.executions, self.completer, self.metrics = db, executions, completer, metrics
         self.every = every
         self.leader = False
+        self.peers = 1
+        """Live workers sharing one of this worker's queues, itself included (last heartbeat)."""
         """Whether this worker does the cluster-wide work (maintenance, schedules, queue metrics)."""
         self._params: dict[str, Any] = {
             "worker_id": worker_id, "queues": queues, "types": types, "hostname": socket.gethostname(),
@@ -51,6 +53,7 @@ class LeaseKeeper(Service):
             self.leader = False  # until a heartbeat says so again (another worker may take over)
             return
         self.leader = bool(rows and rows[0]["leader"])
+        self.peers = max(1, int(rows[0]["peers"])) if rows else 1
         held = {(r["id"], r["attempts"]): r["cancel_requested"] for r in rows if r["id"] is not None}
         finishing = self.completer.buffered()
         still = self.executions.held

@@ -5,19 +5,31 @@ through a transaction pooler, where LISTEN does not work), reconnected with back
 
 While it listens (``healthy``), the claimer's safety-net poll backs off: ``skiplock_due``
 notifications ('queue epoch') say when the soonest scheduled job or retry of a queue is due, so an
-idle worker wakes for those too (``due_in``) without polling for them."""
+idle worker wakes for those too (``due_in``) without polling for them.
+
+No thundering herd: a NOTIFY reaches every idle worker of the queue, but they do not all claim.
+Each waits a random backoff within a spread that grows with the number of peers (a step per
+peer: ``HERD_STEP``, or three times the time a claim takes when more, so that the first
+claimer's notice arrives before the next one's backoff ends; the first of them claims within
+about one step, whatever their number: first-job latency does not grow with the fleet); a claim
+that takes fewer jobs than it asked for says so on ``skiplock_drained`` (``claim_announce``), and
+a worker still waiting its backoff then drops the wake-up (``settle``). The claimer ignores its
+own notice: a job enqueued while it claimed is then claimed by it (it has a free slot: it took
+fewer than it asked for)."""
 
 from __future__ import annotations
 
 import asyncio
 import random
 import time
+from collections.abc import Callable
 
 from .db import connect
 from .metrics import WorkerMetrics
 from .service import Service, note_db_error
 
-CHANNELS = ("skiplock_jobs", "skiplock_due")
+CHANNELS = ("skiplock_jobs", "skiplock_due", "skiplock_drained")
+HERD_STEP = 0.001  # least backoff spread per peer (seconds); more when claims take longer
 
 
 class Listener(Service):
@@ -26,10 +38,16 @@ class Listener(Service):
 
     name = "listener"
 
-    def __init__(self, dsn: str, queues: list[str], wake: asyncio.Event, metrics: WorkerMetrics) -> None:
+    def __init__(self, dsn: str, queues: list[str], wake: asyncio.Event, metrics: WorkerMetrics,
+                 worker_id: str = "", peers: Callable[[], int] = lambda: 1,
+                 claim_seconds: Callable[[], float] = lambda: 0.0) -> None:
         super().__init__()
         self.dsn, self.queues, self.wake, self.metrics = dsn, set(queues), wake, metrics
+        self.worker_id, self.peers, self.claim_seconds = worker_id, peers, claim_seconds
         self.healthy = False
+        self.pending: set[str] = set()
+        """Queues with new work noticed and not yet claimed (or drained by another worker)."""
+        self._catch_up = False  # (re)connected: claim at once
         self.notified = 0
         """Notifications received for this worker's queues (new work, due times)."""
         self._due: float | None = None  # wall-clock time of the soonest known due job
@@ -45,11 +63,41 @@ class Listener(Service):
             return 0.0
         return left
 
+    @property
+    def herd(self) -> bool:
+        """Whether other workers share this one's queues (and claims should say when they drain)."""
+        return self.healthy and self.peers() > 1
+
+    async def settle(self) -> bool:
+        """After ``wake`` was set: whether to claim now. New work noticed: after a random backoff
+        within the herd's spread, unless another worker's claim drained every queue noticed
+        meanwhile. A (re)connect: at once. A due-time notice alone: no (the claimer recomputes
+        how long it sleeps)."""
+        if self._catch_up:
+            self._catch_up = False
+            self.pending.clear()
+            return True
+        if not self.pending:
+            return False
+        peers = self.peers()
+        if peers > 1:
+            step = max(HERD_STEP, 3 * self.claim_seconds())  # a claim and its notice: within a step
+            await asyncio.sleep(random.random() * step * (peers - 1))
+        claim = bool(self.pending)
+        self.pending.clear()
+        return claim
+
     def _note(self, channel: str, payload: str) -> None:
         if channel == "skiplock_jobs":
             if payload in self.queues:
                 self.notified += 1
+                self.pending.add(payload)
                 self.wake.set()
+            return
+        if channel == "skiplock_drained":
+            who, _, queue = payload.rpartition("\n")
+            if who != self.worker_id:
+                self.pending.discard(queue)
             return
         queue, _, when = payload.rpartition(" ")
         if queue in self.queues:
@@ -72,6 +120,7 @@ class Listener(Service):
                         await conn.execute(f"LISTEN {channel}")
                     delay = 0.5
                     self.healthy = True
+                    self._catch_up = True
                     self.wake.set()
                     async for note in conn.notifies():
                         self._note(note.channel, note.payload)

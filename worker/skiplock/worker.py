@@ -107,14 +107,17 @@ class Worker:
         self.executions = Executions()
         self.wake = asyncio.Event()
         self.completer = Completer(self.db, self.id, c.retry_policy, self.executions, self.metrics)
-        self.listener = Listener(self.listen_dsn or "", c.queues, self.wake, self.metrics)
+        self.listener = Listener(self.listen_dsn or "", c.queues, self.wake, self.metrics, worker_id=self.id,
+                                 peers=lambda: self.lease_keeper.peers,
+                                 claim_seconds=lambda: self.executor.claim_seconds)
         self.executor = Executor(
             self.db, registry, self.executions, self.completer, self.metrics, self.wake, worker_id=self.id,
             queues=c.queues, types=self.types, concurrency=c.concurrency, claim_batch=c.claim_batch,
             max_jobs=c.max_jobs, poll_interval=c.poll_interval, lease_seconds=c.lease_seconds,
             job_timeout=c.job_timeout, shutdown_grace=c.shutdown_grace, max_result_bytes=c.max_result_bytes,
             idle_poll_interval=c.idle_poll_interval, listening=lambda: self.listener.healthy,
-            due_in=self.listener.due_in)
+            due_in=self.listener.due_in, settle=self.listener.settle if self.listen_dsn is not None else None,
+            announce=lambda: self.listener.herd)
         self.completer.on_recorded = self.executor.on_recorded
         self.lease_keeper = LeaseKeeper(
             self.db, self.executions, self.completer, self.metrics, worker_id=self.id, queues=c.queues,

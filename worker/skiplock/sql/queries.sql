@@ -95,6 +95,36 @@ FROM next WHERE j.id = next.id
 RETURNING j.id, j.queue, j.type, j.payload, j.priority, j.attempts, j.max_attempts,
           j.timeout_seconds, j.tenant, j.labels, j.run_at, j.created_at;
 
+-- name: claim_announce
+-- `claim`, for a worker among many idle ones of the queue: when the claim takes fewer jobs than it
+-- asked for (nothing more is runnable), it says so on skiplock_drained ('worker_id<newline>queue'),
+-- so the others woken by the same NOTIFY, still waiting their random backoff, do not claim in
+-- vain. Always returns one row (a NULL id when nothing was claimed).
+WITH next AS (
+    SELECT id FROM skiplock.jobs
+    WHERE state IN {{runnable}}
+      AND queue = %(queue)s
+      AND run_at <= now()
+      AND (%(types)s::text[] IS NULL OR type = ANY(%(types)s::text[]))
+      AND (expires_at IS NULL OR expires_at > now())
+      AND NOT EXISTS (SELECT 1 FROM skiplock.limits l WHERE l.type = jobs.type)
+    ORDER BY priority DESC, run_at, id
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+), claimed AS (
+    UPDATE skiplock.jobs j
+    SET state = 'running', attempts = j.attempts + 1, worker_id = %(worker_id)s,
+        lease_expires_at = now() + make_interval(secs => %(lease_seconds)s),
+        started_at = now(), updated_at = now()
+    FROM next WHERE j.id = next.id
+    RETURNING j.id, j.queue, j.type, j.payload, j.priority, j.attempts, j.max_attempts,
+              j.timeout_seconds, j.tenant, j.labels, j.run_at, j.created_at
+), drained AS (
+    SELECT pg_notify('skiplock_drained', %(worker_id)s || E'\n' || %(queue)s)
+    WHERE (SELECT count(*) FROM claimed) < %(limit)s
+)
+SELECT c.* FROM (SELECT count(*) FROM drained) d LEFT JOIN claimed c ON true;
+
 -- name: finish
 -- Record the outcome of a batch of executions: completed (with result), failed (retry after the
 -- retry policy's delay, or dead when attempts are spent), dead (permanent failure) or cancelled.
@@ -205,7 +235,8 @@ DELETE FROM skiplock.workers WHERE id = %(worker_id)s;
 -- leadership of cluster-wide work (maintenance, schedules, queue-wide metrics): renewed by its
 -- holder, taken by anyone once it expired (a holder that died: after %(leader_seconds)s). Still
 -- one statement per worker per interval; non-holders only read the leaders row. Returns the
--- renewed executions, and one row with a NULL id when there are none; `leader` on every row.
+-- renewed executions, and one row with a NULL id when there are none; `leader` and `peers` (live
+-- workers sharing one of its queues, itself included) on every row.
 WITH seen AS (
     INSERT INTO skiplock.workers (id, queues, types, hostname, pid, concurrency, in_flight)
     VALUES (%(worker_id)s, %(queues)s::text[], %(types)s::text[], %(hostname)s, %(pid)s,
@@ -227,7 +258,10 @@ WITH seen AS (
     WHERE id = ANY(%(ids)s::bigint[]) AND worker_id = %(worker_id)s AND state::text = 'running'  -- by id (see finish)
     RETURNING id, attempts, cancel_requested
 )
-SELECT r.id, r.attempts, r.cancel_requested, EXISTS (SELECT 1 FROM lead) AS leader
+SELECT r.id, r.attempts, r.cancel_requested, EXISTS (SELECT 1 FROM lead) AS leader,
+       (SELECT count(*) FROM skiplock.workers w  -- live workers sharing a queue: the herd's size
+        WHERE w.queues && %(queues)s::text[]
+          AND w.last_seen_at > now() - make_interval(secs => %(leader_seconds)s)) AS peers
 FROM (SELECT 1) one LEFT JOIN renewed r ON true;
 
 -- name: release
