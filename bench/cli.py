@@ -19,7 +19,7 @@ from .profiles import PROFILES, Profile
 
 HERE = Path(__file__).resolve().parent
 QUEUE_KINDS = ("continuous", "drain", "latency")
-COMMANDS = ("all", "queue", *QUEUE_KINDS, "floor", "scale", "leases", "limits", "autoscale", "report")
+COMMANDS = ("all", "queue", *QUEUE_KINDS, "floor", "scale", "leases", "limits", "autoscale", "fleet", "report")
 
 
 def _log(message: str) -> None:
@@ -85,6 +85,10 @@ def run(command: str, profile: Profile, out: Path, readme: Path, dsn: str | None
                     results["scale"] = scale.run(srv, profile)
                 if command in ("all", "leases"):
                     _leases(srv, profile, results)
+                if command == "fleet":  # its own command: hundreds of processes, not part of `all`
+                    from . import fleet
+                    _log("fleet: connections, idle cost, latency and drain of N workers, direct and via PgBouncer")
+                    results["fleet"] = fleet.run(srv, profile)
                 if command == "limits" or (command == "all" and "skiplock" in profile.peers):
                     from . import limits
                     _log("limits: throughput on vs off, concurrency and rate accuracy")
