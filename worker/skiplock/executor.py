@@ -50,7 +50,7 @@ class Executor(Service):
                  shutdown_grace: float, max_result_bytes: int, idle_poll_interval: float | None = None,
                  listening: Callable[[], bool] = lambda: False,
                  due_in: Callable[[], float | None] = lambda: None,
-                 settle: Callable[[], Awaitable[bool]] | None = None,
+                 settle: Callable[[asyncio.Event], Awaitable[bool]] | None = None,
                  announce: Callable[[], bool] = lambda: False) -> None:
         super().__init__()
         self.db, self.registry, self.executions, self.completer = db, registry, executions, completer
@@ -143,7 +143,7 @@ class Executor(Service):
         """Until ``wait`` seconds pass or a wake-up that ``settle`` says to claim for (a herd of
         idle workers woken by one NOTIFY: see ``listener.py``)."""
         while await wait_for_event(self.wake, wait):
-            if self.settle is None or self.stopping or self._has_limits or await self.settle():
+            if self.settle is None or self.stopping or self._has_limits or await self.settle(self._stopping):
                 return
             self.wake.clear()
             wait = self._idle_wait()

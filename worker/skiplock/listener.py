@@ -20,6 +20,7 @@ fewer than it asked for)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 from collections.abc import Callable
@@ -30,6 +31,8 @@ from .service import Service, note_db_error
 
 CHANNELS = ("skiplock_jobs", "skiplock_due", "skiplock_drained")
 HERD_STEP = 0.001  # least backoff spread per peer (seconds); more when claims take longer
+HERD_STEP_MAX = 0.01  # most (a slow claim must not make new work wait long)
+HERD_SPREAD_MAX = 1.0  # the longest backoff, whatever the number of peers
 
 
 class Listener(Service):
@@ -68,11 +71,11 @@ class Listener(Service):
         """Whether other workers share this one's queues (and claims should say when they drain)."""
         return self.healthy and self.peers() > 1
 
-    async def settle(self) -> bool:
+    async def settle(self, stopping: asyncio.Event | None = None) -> bool:
         """After ``wake`` was set: whether to claim now. New work noticed: after a random backoff
         within the herd's spread, unless another worker's claim drained every queue noticed
         meanwhile. A (re)connect: at once. A due-time notice alone: no (the claimer recomputes
-        how long it sleeps)."""
+        how long it sleeps). ``stopping`` set ends the backoff at once."""
         if self._catch_up:
             self._catch_up = False
             self.pending.clear()
@@ -81,8 +84,14 @@ class Listener(Service):
             return False
         peers = self.peers()
         if peers > 1:
-            step = max(HERD_STEP, 3 * self.claim_seconds())  # a claim and its notice: within a step
-            await asyncio.sleep(random.random() * step * (peers - 1))
+            step = min(max(HERD_STEP, 3 * self.claim_seconds()), HERD_STEP_MAX)  # a claim and its notice
+            delay = random.random() * min(step * (peers - 1), HERD_SPREAD_MAX)
+            if stopping is None:
+                await asyncio.sleep(delay)
+            else:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(delay):
+                        await stopping.wait()
         claim = bool(self.pending)
         self.pending.clear()
         return claim

@@ -419,5 +419,6 @@ async def sleep_jittered(seconds: float, event: asyncio.Event | None = None) -> 
     if event is None:
         await asyncio.sleep(delay)
         return
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(event.wait(), delay)
+    with contextlib.suppress(TimeoutError):  # asyncio.timeout, not wait_for: a cancel always gets through (3.11)
+        async with asyncio.timeout(delay):
+            await event.wait()
