@@ -27,7 +27,6 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import psycopg
 
@@ -133,14 +132,14 @@ def _until(check: Any, timeout: float, what: str) -> None:
 
 
 def _ready(conn: psycopg.Connection[Any], n: int) -> bool:
-    (workers,) = conn.execute("SELECT count(*) FROM skiplock.workers").fetchone() or (0,)
-    (listening,) = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+    (workers,) = conn.execute("/* bench */ SELECT count(*) FROM skiplock.workers").fetchone() or (0,)
+    (listening,) = conn.execute("/* bench */ SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
                                 "AND application_name = 'skiplock-listener'").fetchone() or (0,)
     return int(workers) >= n and int(listening) >= n
 
 
 def _connections(conn: psycopg.Connection[Any]) -> int:
-    (count,) = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+    (count,) = conn.execute("/* bench */ SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
                             "AND pid <> pg_backend_pid()").fetchone() or (0,)
     return int(count)
 
@@ -148,9 +147,8 @@ def _connections(conn: psycopg.Connection[Any]) -> int:
 def _statements(conn: psycopg.Connection[Any]) -> int:
     """Statements run in this database so far, but the benchmark's own (which read pg_stat_*)."""
     (calls,) = conn.execute(
-        "SELECT coalesce(sum(calls), 0) FROM pg_stat_statements s JOIN pg_database d ON d.oid = s.dbid "
-        "WHERE d.datname = current_database() AND s.query NOT ILIKE '%pg_stat%' "
-        "AND s.query NOT ILIKE '%skiplock.workers%count%'").fetchone() or (0,)
+        "/* bench */ SELECT coalesce(sum(calls), 0) FROM pg_stat_statements s JOIN pg_database d ON d.oid = s.dbid "
+        "WHERE d.datname = current_database() AND s.query NOT LIKE '%/* bench */%'").fetchone() or (0,)
     return int(calls)
 
 
@@ -161,19 +159,20 @@ async def _singles(dsn: str, conn: psycopg.Connection[Any], count: int) -> dict[
             ids.append(await queue.enqueue(JOB_TYPE))
             await asyncio.sleep(0.25)  # each job alone: the fleet idle again
     _until(lambda: _unfinished(conn) == 0, 60, "single jobs started")
-    rows = conn.execute("SELECT extract(epoch FROM started_at - created_at) * 1000 FROM skiplock.jobs "
+    rows = conn.execute("/* bench */ SELECT extract(epoch FROM started_at - created_at) * 1000 FROM skiplock.jobs "
                         "WHERE id = ANY(%s)", (ids,)).fetchall()
     waits = sorted(float(r[0]) for r in rows)
     return {"n": len(waits), "p50": statistics.median(waits), "p95": waits[min(len(waits) - 1, int(0.95 * len(waits)))]}
 
 
 def _unfinished(conn: psycopg.Connection[Any]) -> int:
-    (count,) = conn.execute("SELECT count(*) FROM skiplock.jobs WHERE state <> 'completed'").fetchone() or (0,)
+    query = "/* bench */ SELECT count(*) FROM skiplock.jobs WHERE state <> 'completed'"
+    (count,) = conn.execute(query).fetchone() or (0,)
     return int(count)
 
 
 def _drain(dsn: str, conn: psycopg.Connection[Any], jobs: int) -> tuple[dict[str, float], int]:
-    (mark,) = conn.execute("SELECT coalesce(max(id), 0) FROM skiplock.jobs").fetchone() or (0,)
+    (mark,) = conn.execute("/* bench */ SELECT coalesce(max(id), 0) FROM skiplock.jobs").fetchone() or (0,)
 
     async def enqueue() -> None:
         async with Queue(dsn, pool_size=1) as queue:
@@ -188,11 +187,10 @@ def _drain(dsn: str, conn: psycopg.Connection[Any], jobs: int) -> tuple[dict[str
         if time.monotonic() > deadline:
             raise RuntimeError("fleet benchmark: the drain did not finish within 600s")
         time.sleep(0.2)
-    (first, last) = conn.execute("SELECT extract(epoch FROM min(created_at)), extract(epoch FROM max(finished_at)) "
-                                 "FROM skiplock.jobs WHERE id > %s", (mark,)).fetchone() or (0, 0)
+    (first, last) = conn.execute("/* bench */ SELECT extract(epoch FROM min(created_at)), "
+                                 "extract(epoch FROM max(finished_at)) FROM skiplock.jobs WHERE id > %s",
+                                 (mark,)).fetchone() or (0, 0)
     seconds = float(last) - float(first)
     return {"jobs": jobs, "seconds": seconds, "jobs_per_s": jobs / seconds if seconds > 0 else 0.0}, busy
 
 
-def database_name(dsn: str) -> str:
-    return urlsplit(dsn).path.lstrip("/")
