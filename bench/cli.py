@@ -119,8 +119,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=HERE / "results", help="results folder")
     parser.add_argument("--readme", type=Path, default=HERE / "README.md", help="README to update")
     parser.add_argument("--database-url", default=None, help="use this server instead of an embedded one")
+    parser.add_argument("--fleet-sizes", default=None, help="fleet: comma-separated worker counts (default 20,100,200)")
     args = parser.parse_args(argv)
     profile = PROFILES[args.profile or ("quick" if args.quick else "full")]
+    if args.fleet_sizes:
+        profile = replace(profile, fleet_sizes=tuple(int(n) for n in args.fleet_sizes.split(",") if n.strip()))
     if args.peers:
         profile = replace(profile, peers=tuple(p.strip() for p in args.peers.split(",") if p.strip()))
     logging.basicConfig(level=logging.WARNING)

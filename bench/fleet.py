@@ -73,12 +73,13 @@ def one(server: Server, profile: Profile, mode: str, n: int) -> dict[str, Any]:
             latency = asyncio.run(_singles(dsn, conn, profile.fleet_singles))
             drain, busy_connections = _drain(dsn, conn, n * profile.fleet_drain_per_worker)
             counts = _stop(procs)
-    finished = sum(c["finished"] for c in counts)
+    finished = drain["jobs"] + latency["n"]  # every job enqueued finished (the drain waits for it)
     empty = sum(c["empty_claims"] for c in counts)
     return {"workers": n, "connections_idle": idle_connections, "connections_busy_max": busy_connections,
             "connections_per_worker_idle": idle_connections / n, "idle_statements_per_s": idle_rate,
             "start_ms": latency, "drain": drain, "finished": finished, "empty_claims": empty,
-            "empty_claims_per_job": empty / finished if finished else None}
+            "empty_claims_per_job": empty / finished if finished else None,
+            "stop_timeouts": sum(c.get("stop_timeout", 0) for c in counts)}
 
 
 @contextlib.contextmanager
@@ -113,11 +114,20 @@ def _workers(dsn: str, listen: str, n: int, concurrency: int) -> Iterator[list[s
 
 
 def _stop(procs: list[subprocess.Popen[bytes]]) -> list[dict[str, int]]:
+    """SIGTERM every worker; their own counts (a worker still running after the deadline, on a
+    machine this loaded, is killed and counted as nothing: ``stop_timeouts``)."""
     for proc in procs:
         proc.terminate()
+    deadline = time.monotonic() + 120 + len(procs)
     counts = []
     for proc in procs:
-        out, _ = proc.communicate(timeout=60)
+        try:
+            out, _ = proc.communicate(timeout=max(1.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, _ = proc.communicate()
+            counts.append({"claimed": 0, "empty_claims": 0, "finished": 0, "stop_timeout": 1})
+            continue
         lines = [line for line in out.decode().splitlines() if line.startswith("{")]
         counts.append(json.loads(lines[-1]) if lines else {"claimed": 0, "empty_claims": 0, "finished": 0})
     return counts

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Callable
 from typing import Any
 
 from .completer import Completer
@@ -30,6 +31,8 @@ class LeaseKeeper(Service):
         self.every = every
         self.leader = False
         self.peers = 1
+        self.on_leader: Callable[[], None] = lambda: None
+        """Called when this worker becomes the leader."""
         """Live workers sharing one of this worker's queues, itself included (last heartbeat)."""
         """Whether this worker does the cluster-wide work (maintenance, schedules, queue metrics)."""
         self._params: dict[str, Any] = {
@@ -52,7 +55,9 @@ class LeaseKeeper(Service):
             note_db_error(self.metrics, "heartbeat", exc)
             self.leader = False  # until a heartbeat says so again (another worker may take over)
             return
-        self.leader = bool(rows and rows[0]["leader"])
+        was, self.leader = self.leader, bool(rows and rows[0]["leader"])
+        if self.leader and not was:
+            self.on_leader()
         self.peers = max(1, int(rows[0]["peers"])) if rows else 1
         held = {(r["id"], r["attempts"]): r["cancel_requested"] for r in rows if r["id"] is not None}
         finishing = self.completer.buffered()

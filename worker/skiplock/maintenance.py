@@ -13,6 +13,7 @@ rather than a copy of it.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -119,10 +120,13 @@ class Maintenance(Service):
         self.lifetimes = Lifetimes()
         self.refresh_depth = refresh_depth
         self.leader = leader
+        self.kick = asyncio.Event()
+        """Set when this process just became the leader: a round at once (a dead leader's jobs wait no longer)."""
 
     async def run(self) -> None:
         while True:
-            await sleep_jittered(self.interval)
+            await sleep_jittered(self.interval, self.kick)
+            self.kick.clear()
             if not self.leader():
                 self._clear_depth()  # another process exports the queue-wide numbers
                 continue

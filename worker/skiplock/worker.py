@@ -128,6 +128,7 @@ class Worker:
             reaper=WorkerReaper(max(3600.0, 10 * c.lease_seconds)), refresh_depth=c.metrics_port is not None,
             leader=self.is_leader)
         self.scheduler = Scheduler(self.db, self.metrics, registry.schedules, leader=self.is_leader)
+        self.lease_keeper.on_leader = self.maintenance.kick.set
         self.watchdog = LoopWatchdog(c.loop_lag_warning, self.executor.describe_running)
         self.support: list[Service] = [self.watchdog, self.completer, self.lease_keeper,
                                        self.maintenance, self.scheduler]
