@@ -187,7 +187,7 @@ def build_parser() -> EnvParser:
     p.add_argument("--poll-interval", type=_duration_arg, default=None,
                    help="claim poll without a LISTEN connection (default 2s)")
     p.add_argument("--idle-poll-interval", type=_duration_arg, default=None,
-                   help="safety-net claim poll while the LISTEN connection is healthy (default 30s)")
+                   help="safety-net claim poll while the LISTEN connection is healthy (default 60s)")
     p.add_argument("--pool-size", type=_positive_int, default=None,
                    help="connections shared by everything but LISTEN (default 1)")
     p.add_argument("--listen-database-url", default=None, metavar="URL",

@@ -151,7 +151,7 @@ class Executor(Service):
     def _idle_wait(self) -> float:
         """How long to wait for a wake-up before claiming again: the jittered poll interval; with a
         listening connection the longer idle interval, or until the soonest known timed job is due."""
-        if not self.listening():
+        if not self.listening() or self._has_limits:  # headroom freed by other workers is not notified
             return self.poll_interval * (0.5 + random.random())
         wait = self.idle_poll_interval * (0.5 + random.random())
         due = self.due_in()

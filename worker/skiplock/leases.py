@@ -4,7 +4,9 @@ cluster-wide work (``leader``); an execution whose lease was lost is told to sto
 
 from __future__ import annotations
 
+import asyncio
 import os
+import random
 import socket
 from collections.abc import Callable
 from typing import Any
@@ -14,7 +16,6 @@ from .database import Database
 from .errors import DatabaseUnavailable
 from .executions import Executions
 from .metrics import WorkerMetrics
-from .queue import sleep_jittered
 from .service import Service, note_db_error
 
 
@@ -43,7 +44,8 @@ class LeaseKeeper(Service):
     async def run(self) -> None:
         while True:
             await self.heartbeat()  # at once at start: a fleet has a leader within a heartbeat
-            await sleep_jittered(self.every * 0.8)
+            # jittered within [0.8, 1.0) of the interval: apart across a fleet, never later than it
+            await asyncio.sleep(self.every * (0.8 + 0.2 * random.random()))
 
     async def heartbeat(self) -> None:
         """Renew every held lease in one statement; deliver cancel requests; note lost leases."""

@@ -62,7 +62,7 @@ class WorkerConfig(BaseModel):
     worker_id: str = Field(default_factory=default_worker_id, min_length=1, max_length=200)
     max_jobs: int | None = Field(default=None, ge=1)
     poll_interval: float = Field(default=2.0, gt=0)  # without a listening connection
-    idle_poll_interval: float = Field(default=30.0, gt=0)  # the safety-net poll while LISTEN is healthy
+    idle_poll_interval: float = Field(default=60.0, gt=0)  # the safety-net poll while LISTEN is healthy
     pool_size: int = Field(default=1, ge=1, le=1000)  # connections shared by every service but LISTEN
     listen_database_url: str | None = None  # LISTEN here (None: the database URL; "none": never)
     job_timeout: float | None = Field(default=None, gt=0)
