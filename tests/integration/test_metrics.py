@@ -33,7 +33,8 @@ async def test_metrics_and_probes_are_served(queue: Queue, dsn: str) -> None:
         async def scraped() -> bool:
             body = _get(f"http://127.0.0.1:{port}/metrics")[1]
             return ('skiplock_queue_pending_by_priority{priority="1-9",queue="default"} 3.0' in body
-                    and 'skiplock_queue_pending_by_priority{priority=">=100",queue="default"} 0.0' in body)
+                    and 'skiplock_queue_pending_by_priority{priority=">=100",queue="default"} 0.0' in body
+                    and 'skiplock_queue_depth{queue="default",state="completed"} 5.0' in body)
 
         await eventually(scraped, timeout=10)
         status, body = _get(f"http://127.0.0.1:{port}/metrics")
