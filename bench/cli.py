@@ -19,7 +19,7 @@ from .profiles import PROFILES, Profile
 
 HERE = Path(__file__).resolve().parent
 QUEUE_KINDS = ("continuous", "drain", "latency")
-COMMANDS = ("all", "queue", *QUEUE_KINDS, "floor", "scale", "leases", "limits", "autoscale", "report")
+COMMANDS = ("all", "queue", *QUEUE_KINDS, "floor", "scale", "leases", "limits", "autoscale", "fleet", "report")
 
 
 def _log(message: str) -> None:
@@ -85,6 +85,10 @@ def run(command: str, profile: Profile, out: Path, readme: Path, dsn: str | None
                     results["scale"] = scale.run(srv, profile)
                 if command in ("all", "leases"):
                     _leases(srv, profile, results)
+                if command == "fleet":  # its own command: hundreds of processes, not part of `all`
+                    from . import fleet
+                    _log("fleet: connections, idle cost, latency and drain of N workers, direct and via PgBouncer")
+                    results["fleet"] = fleet.run(srv, profile)
                 if command == "limits" or (command == "all" and "skiplock" in profile.peers):
                     from . import limits
                     _log("limits: throughput on vs off, concurrency and rate accuracy")
@@ -115,8 +119,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=HERE / "results", help="results folder")
     parser.add_argument("--readme", type=Path, default=HERE / "README.md", help="README to update")
     parser.add_argument("--database-url", default=None, help="use this server instead of an embedded one")
+    parser.add_argument("--fleet-sizes", default=None, help="fleet: comma-separated worker counts (default 20,100,200)")
     args = parser.parse_args(argv)
     profile = PROFILES[args.profile or ("quick" if args.quick else "full")]
+    if args.fleet_sizes:
+        profile = replace(profile, fleet_sizes=tuple(int(n) for n in args.fleet_sizes.split(",") if n.strip()))
     if args.peers:
         profile = replace(profile, peers=tuple(p.strip() for p in args.peers.split(",") if p.strip()))
     logging.basicConfig(level=logging.WARNING)

@@ -49,6 +49,13 @@ class Profile:
     limit_rate_jobs: int = 500
     # autoscaling simulator: simulated hours per trace
     sim_hours: float = 6.0
+    # fleet: worker processes of small concurrency on one server, direct and through PgBouncer
+    fleet_sizes: tuple[int, ...] = (20, 100, 200)
+    fleet_concurrency: int = 2
+    fleet_pool: int = 20  # PgBouncer's server connections
+    fleet_idle_s: float = 30.0
+    fleet_singles: int = 40
+    fleet_drain_per_worker: int = 100
     peers: tuple[str, ...] = field(default=("skiplock", "pgqueuer", "procrastinate"))
 
     def as_dict(self) -> dict[str, Any]:
@@ -59,12 +66,14 @@ FULL = Profile("full")
 QUICK = Profile(
     "quick", rounds=1, warmup_s=2.0, window_s=8.0, drain_jobs=20_000, drain_cap_s=30.0, singles=40, bursts=5,
     burst_size=50, scale_pending=(10_000, 100_000, 1_000_000), scale_bloat=100_000, scale_seconds=4.0,
-    lease_window_s=15.0, limit_concurrency_jobs=100, limit_rate_jobs=150, sim_hours=2.0)
+    lease_window_s=15.0, limit_concurrency_jobs=100, limit_rate_jobs=150, sim_hours=2.0,
+    fleet_sizes=(5, 20), fleet_idle_s=10.0, fleet_singles=20, fleet_drain_per_worker=50)
 TINY = Profile(
     "tiny", rounds=1, processes=1, concurrency=10, batch=5, warmup_s=0.5, window_s=1.5, producers=1, producer_batch=20,
     backlog=200, drain_jobs=1000, drain_cap_s=15.0, singles=4, bursts=2, burst_size=5,
     floor_batches=(1, 5), floor_clients=(1, 2), scale_clients=1, scale_pending=(1000, 5000), scale_bloat=2000,
     scale_seconds=1.0, lease_jobs=10, lease_window_s=2.0, limit_sleep_s=0.1, limit_concurrency_jobs=40,
-    limit_rate=20.0, limit_rate_jobs=50, sim_hours=0.5)
+    limit_rate=20.0, limit_rate_jobs=50, sim_hours=0.5,
+    fleet_sizes=(2, 4), fleet_pool=2, fleet_idle_s=2.0, fleet_singles=4, fleet_drain_per_worker=20)
 
 PROFILES = {p.name: p for p in (FULL, QUICK, TINY)}

@@ -136,6 +136,7 @@ def markdown(results: dict[str, Any], plots: list[str]) -> str:
     lines += _scale_section(results)
     lines += _lease_section(results)
     lines += _limits_section(results)
+    lines += _fleet_section(results)
     lines += _autoscale_section(results)
     if plots:
         lines += ["### Plots", ""] + [f"![{p}](results/{p})" for p in plots] + [""]
@@ -361,6 +362,61 @@ def _limits_section(results: dict[str, Any]) -> list[str]:
                   _x(r["max_in_1s_ratio"]), f"bucket bound {_num(r['bound_in_1s'], 0)}"],
              ]), ""]
     return lines
+
+
+def fleet_targets(fl: dict[str, Any]) -> dict[str, Any]:
+    """The issue's targets, as measured: the largest fleet against the smallest, per mode."""
+    s = fl["settings"]
+    small, large = str(min(s["sizes"])), str(max(s["sizes"]))
+    out: dict[str, Any] = {"small": int(small), "large": int(large)}
+    for mode in ("direct", "pgbouncer"):
+        runs = fl.get(mode)
+        if not runs or large not in runs or small not in runs:
+            continue
+        lo, hi = runs[small], runs[large]
+        out[mode] = {
+            "connections_busy_max": hi["connections_busy_max"],
+            "connections_per_worker_busy": hi["connections_busy_max"] / hi["workers"],
+            "idle_statements_per_s": hi["idle_statements_per_s"],
+            "drain_ratio": _div(hi["drain"]["jobs_per_s"], lo["drain"]["jobs_per_s"]),
+            "empty_claims_per_job": hi["empty_claims_per_job"],
+            "start_p95_ratio": _div(hi["start_ms"]["p95"], lo["start_ms"]["p95"]),
+        }
+    return out
+
+
+def _fleet_section(results: dict[str, Any]) -> list[str]:
+    fl = results.get("fleet")
+    if not fl:
+        return []
+    s = fl["settings"]
+    rows = []
+    for mode in ("direct", "pgbouncer"):
+        for n, r in sorted(fl.get(mode, {}).items(), key=lambda kv: int(kv[0])):
+            rows.append([mode, n, str(r["connections_idle"]), str(r["connections_busy_max"]),
+                         _num(r["idle_statements_per_s"], 1), _num(r["start_ms"]["p50"], 1),
+                         _num(r["start_ms"]["p95"], 1), _num(r["drain"]["jobs_per_s"]),
+                         _num(r["empty_claims_per_job"], 3)])
+    t = fleet_targets(fl)
+    lines = ["### Fleet: many workers on one PostgreSQL", "",
+             f"N worker processes x concurrency {s['concurrency']} (`python -m bench fleet`), directly and through "
+             f"PgBouncer in transaction mode (a pool of {s['pool']} server connections; LISTEN on the direct URL). "
+             f"Connections: the server's (pg_stat_activity), idle and the most while draining. Idle statements: "
+             f"the whole fleet's, per second over {s['idle_s']:g} s (pg_stat_statements, BEGIN/COMMIT included). "
+             f"Start latency: {s['singles']} single jobs enqueued one at a time into the idle fleet "
+             f"(`started_at - created_at`). Drain: {s['drain_per_worker']} no-op jobs per worker enqueued at once. "
+             "Empty claims: claims that found nothing, per finished job, over the whole run.", "",
+             *_table(["mode", "workers", "connections idle", "connections busy (max)", "idle statements/s",
+                      "start p50 ms", "start p95 ms", "drain jobs/s", "empty claims/job"], rows), ""]
+    for mode in ("direct", "pgbouncer"):
+        m = t.get(mode)
+        if m:
+            lines.append(f"- {mode}, {t['large']} workers against {t['small']}: {m['connections_busy_max']} server "
+                         f"connections at most ({_num(m['connections_per_worker_busy'], 2)} per worker), "
+                         f"{_num(m['idle_statements_per_s'], 1)} idle statements/s, drain {_x(m['drain_ratio'])}, "
+                         f"start p95 {_x(m['start_p95_ratio'])}, {_num(m['empty_claims_per_job'], 3)} empty claims "
+                         "per finished job.")
+    return [*lines, ""]
 
 
 def _autoscale_section(results: dict[str, Any]) -> list[str]:

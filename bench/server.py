@@ -21,7 +21,8 @@ from skiplock.embedded import LocalPostgres
 
 # Durable defaults (fsync, synchronous_commit and full_page_writes stay on); pg_stat_statements
 # lets the lease benchmark count statements by text.
-SETTINGS = {"shared_preload_libraries": "pg_stat_statements", "pg_stat_statements.max": "2000"}
+SETTINGS = {"shared_preload_libraries": "pg_stat_statements", "pg_stat_statements.max": "2000",
+            "max_connections": "600"}  # the fleet benchmark: 200 workers x 2 connections
 _counter = itertools.count()
 
 

@@ -25,9 +25,10 @@ extras=binary,embedded
 
 [ "${1:-}" = "--test" ] || { step "done: run .venv/bin/skiplock demo"; exit 0; }
 
-# The real node (tools/k8s/build-node.sh, tests/e2e): gcc + libc6-dev (cgo, the static sandbox program),
+# pgbouncer: the transaction-pooler tests (tests/pgbouncer.py). The real node (tools/k8s/build-node.sh, tests/e2e): gcc + libc6-dev (cgo, the static sandbox program),
 # libseccomp-dev (runc), containernetworking-plugins (CNI bridge), iptables, iproute2.
-APT_PACKAGES=(prometheus chromium buildah debootstrap unzip gcc libc6-dev libseccomp-dev containernetworking-plugins
+APT_PACKAGES=(prometheus pgbouncer chromium buildah debootstrap unzip gcc libc6-dev libseccomp-dev
+  containernetworking-plugins
   iptables iproute2)
 command -v npm >/dev/null || APT_PACKAGES+=(nodejs npm)  # the TypeScript client's tests (clients/typescript)
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then

@@ -44,7 +44,7 @@ CHANCES = {"claim": 0.04, "finish": 0.04, "heartbeat": 0.1, "enqueue": 0.08, "re
 def test_markers_name_the_statements_they_cut() -> None:
     for name, marker in MARKERS.items():
         hits = sorted(q for q, text in QUERIES.items() if marker in text)
-        assert hits and all(h.startswith(name) for h in hits), (name, hits)
+        assert hits and all(name in h for h in hits), (name, hits)  # heartbeat: the SQL API's and the worker's
 
 
 @pytest.mark.timeout(240)

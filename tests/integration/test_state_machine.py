@@ -144,6 +144,7 @@ def run_claim_limited(conn: Conn, job_id: int, v: Variant) -> None:
 Runner = Callable[[Conn, int, Variant], None]
 RUNS: dict[str, tuple[Runner, list[Variant]]] = {
     "claim": (plain("claim", lambda i, v: CLAIM), ANY_STATE),
+    "claim_announce": (plain("claim_announce", lambda i, v: CLAIM), ANY_STATE),
     "claim_limited": (run_claim_limited, ANY_STATE),
     "finish": (run_finish, [Variant(attempts_spent=r.attempts_spent, cancel_requested=r.cancel_requested,
                                     extra=(("outcome", o),))
@@ -165,6 +166,8 @@ RUNS: dict[str, tuple[Runner, list[Variant]]] = {
     "purge": (plain("purge", lambda i, v: {"ids": None, "filter": json.dumps({"older_than": 0})}), ANY_STATE),
     "unarchive": (run_unarchive, ANY_STATE),
     "heartbeat": (plain("heartbeat", lambda i, v: {**HEARTBEAT, "ids": [i]}), RUNNING_VARIANTS),
+    "worker_heartbeat": (plain("worker_heartbeat", lambda i, v: {**HEARTBEAT, "ids": [i], "leader_seconds": 30}),
+                         RUNNING_VARIANTS),
     "lock_parents": (plain("lock_parents", lambda i, v: {"ids": [i]}), ANY_STATE),
     "watch": (plain("watch", lambda i, v: {"id": i}), ANY_STATE),
 }

@@ -183,7 +183,7 @@ async def test_heartbeat_renews_all_leases_in_one_statement(queue: Queue, dsn: s
 
         async def counting(name: str, params: dict[str, object], conn: object = None) -> list[dict[str, object]]:
             nonlocal calls
-            calls += name == "heartbeat"
+            calls += name == "worker_heartbeat"
             return await original(name, params)
 
         worker.db.execute = counting  # type: ignore[method-assign]

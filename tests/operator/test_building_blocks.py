@@ -48,12 +48,24 @@ def test_the_worker_deployment_carries_everything_the_worker_needs() -> None:
     assert (env["SKIPLOCK_QUEUES"], env["SKIPLOCK_CONCURRENCY"], env["SKIPLOCK_LEASE_SECONDS"]) == ("a,b", "8", "45")
     assert (env["SKIPLOCK_HANDLERS"], env["SKIPLOCK_METRICS_PORT"], env["EXTRA"]) == ("app.jobs:jobs", "9400", "1")
     assert "SKIPLOCK_TYPES" not in env and env["SKIPLOCK_SHUTDOWN_GRACE"] == "55"
+    assert "SKIPLOCK_LISTEN_DATABASE_URL" not in env
     assert c["ports"] == [{"name": "metrics", "containerPort": 9400, "protocol": "TCP"}]
     assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
     assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
     assert c["resources"] == {"requests": {"cpu": "500m", "memory": "1073741824"}}
     assert "tolerations" not in d["spec"]["template"]["spec"]
     assert d["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 1, "maxUnavailable": 0}
+
+
+def test_a_second_secret_key_names_the_direct_url_for_listen() -> None:
+    """Behind a transaction pooler (PgBouncer): DATABASE_URL from one key, the workers' LISTEN
+    connection from another of the same Secret."""
+    spec = parse({"database": {"secretRef": {"name": "db", "key": "pooled", "listenKey": "direct"}},
+                  "queues": ["a"], "pools": [{"name": "cpu", "image": "w:1"}]})
+    c = container(resources.deployment(jobqueue({}, name="shop"), spec, spec.pools[0], replicas=1))
+    env = {e["name"]: e.get("value", e.get("valueFrom")) for e in c["env"]}
+    assert env["DATABASE_URL"] == {"secretKeyRef": {"name": "db", "key": "pooled"}}
+    assert env["SKIPLOCK_LISTEN_DATABASE_URL"] == {"secretKeyRef": {"name": "db", "key": "direct"}}
 
 
 def test_a_gpu_pool_requests_gpus_selects_and_tolerates_gpu_nodes() -> None:

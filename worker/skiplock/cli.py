@@ -184,7 +184,15 @@ def build_parser() -> EnvParser:
                    help="most jobs one claim statement takes (default: every free slot)")
     p.add_argument("--worker-id", default=None, help="default: hostname-pid-random")
     p.add_argument("--max-jobs", type=_positive_int, default=None, help="exit after this many jobs")
-    p.add_argument("--poll-interval", type=_duration_arg, default=None, help="default 2s")
+    p.add_argument("--poll-interval", type=_duration_arg, default=None,
+                   help="claim poll without a LISTEN connection (default 2s)")
+    p.add_argument("--idle-poll-interval", type=_duration_arg, default=None,
+                   help="safety-net claim poll while the LISTEN connection is healthy (default 60s)")
+    p.add_argument("--pool-size", type=_positive_int, default=None,
+                   help="connections shared by everything but LISTEN (default 1)")
+    p.add_argument("--listen-database-url", default=None, metavar="URL",
+                   help="direct PostgreSQL URL for LISTEN when --database-url is a transaction pooler "
+                        "(default: the database URL; none: no LISTEN, poll every --poll-interval)")
     p.add_argument("--job-timeout", type=_duration_arg, default=None, help="default: none")
     p.add_argument("--lease", dest="lease_seconds", type=_duration_arg, default=None, help="default 30s")
     p.add_argument("--heartbeat-interval", type=_duration_arg, default=None, help="default: a third of the lease")
@@ -425,6 +433,8 @@ WORKER_FLAGS = {
     "queues": "--queue", "types": "--types", "concurrency": "--concurrency", "claim_batch": "--claim-batch",
     "worker_id": "--worker-id",
     "max_jobs": "--max-jobs", "poll_interval": "--poll-interval", "job_timeout": "--job-timeout",
+    "idle_poll_interval": "--idle-poll-interval", "pool_size": "--pool-size",
+    "listen_database_url": "--listen-database-url",
     "lease_seconds": "--lease", "heartbeat_interval": "--heartbeat-interval",
     "recovery_interval": "--recovery-interval", "shutdown_grace": "--shutdown-grace",
     "backoff_base": "--backoff-base", "backoff_max": "--backoff-max", "retain_finished": "--retain-finished",
@@ -664,6 +674,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         for handler in logging.getLogger().handlers:
             handler.addFilter(RedactingFilter(args.database_url))
+            if getattr(args, "listen_database_url", None):
+                handler.addFilter(RedactingFilter(args.listen_database_url))
         return COMMANDS[args.command](args)
     except _Usage as exc:
         parser.error(redact(str(exc), args.database_url))

@@ -90,6 +90,9 @@ def conn_kwargs(role: str = "client") -> dict[str, Any]:
         "row_factory": dict_row,
         "application_name": f"{APP_NAME}-{role}",
         "connect_timeout": int(os.environ.get("SKIPLOCK_CONNECT_TIMEOUT", "10")),
+        # No server-side prepared statements: a transaction pooler (PgBouncer in transaction mode)
+        # hands each transaction any server connection, where a statement prepared on another is unknown.
+        "prepare_threshold": None,
     }
 
 
@@ -135,8 +138,9 @@ async def check_cheaply(conn: psycopg.AsyncConnection[Any]) -> None:
 
 
 def make_pool(dsn: str, max_size: int, role: str) -> AsyncConnectionPool[Any]:
-    """An unopened pool that checks connections on checkout, so a restarted server costs one error,
-    not a pool of dead connections (``check_cheaply``: no extra round trip per statement)."""
+    """An unopened pool of at most ``max_size`` connections that checks them on checkout, so a
+    restarted server (or pooler) costs one error, not a pool of dead connections (``check_cheaply``:
+    no extra round trip per statement). It opens one connection and grows only under load."""
     kwargs = conn_kwargs(role)
     kwargs.pop("connect_timeout")
     return AsyncConnectionPool(

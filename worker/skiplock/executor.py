@@ -2,18 +2,23 @@
 
 The claim loop takes up to the free concurrency in one statement per queue (the limit-aware
 transaction where limits apply to the worker's types), then waits for a wake-up (the listener's
-NOTIFY, a freed slot) or a jittered poll. Each job runs in its own task (sync handlers in daemon
-threads) under its timeout and hands its outcome to the completer. Stopping drains: in-flight jobs
-get the shutdown grace, then are cancelled and released without spending their attempt.
+NOTIFY, a freed slot) or a jittered poll: every ``poll_interval`` without a listening connection,
+every ``idle_poll_interval`` with one (or when the soonest known timed job is due). Each job runs
+in its own task (sync handlers in daemon threads) under its timeout and hands its outcome to the
+completer. Stopping drains: in-flight jobs get the shutdown grace, then are cancelled and released
+without spending their attempt.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
+import random
 import time
 import traceback
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from . import plans
@@ -42,7 +47,11 @@ class Executor(Service):
                  metrics: WorkerMetrics, wake: asyncio.Event, *, worker_id: str, queues: list[str],
                  types: list[str], concurrency: int, claim_batch: int | None, max_jobs: int | None,
                  poll_interval: float, lease_seconds: float, job_timeout: float | None,
-                 shutdown_grace: float, max_result_bytes: int) -> None:
+                 shutdown_grace: float, max_result_bytes: int, idle_poll_interval: float | None = None,
+                 listening: Callable[[], bool] = lambda: False,
+                 due_in: Callable[[], float | None] = lambda: None,
+                 settle: Callable[[asyncio.Event], Awaitable[bool]] | None = None,
+                 announce: Callable[[], bool] = lambda: False) -> None:
         super().__init__()
         self.db, self.registry, self.executions, self.completer = db, registry, executions, completer
         self.metrics, self.wake = metrics, wake
@@ -50,6 +59,11 @@ class Executor(Service):
         self.concurrency, self.claim_batch, self.max_jobs = concurrency, claim_batch, max_jobs
         self.poll_interval, self.lease_seconds, self.job_timeout = poll_interval, lease_seconds, job_timeout
         self.shutdown_grace, self.max_result_bytes = shutdown_grace, max_result_bytes
+        self.idle_poll_interval = max(poll_interval, idle_poll_interval or poll_interval)
+        self.listening, self.due_in, self.settle, self.announce = listening, due_in, settle, announce
+        self.empty_claims = 0
+        self.claim_seconds = 0.0
+        """How long a claim statement takes (a moving average): the herd's backoff step follows it."""
         self.claimed = 0
         self._stopping = asyncio.Event()
         self._hard = False
@@ -116,11 +130,34 @@ class Executor(Service):
             for row in jobs:
                 self._start(row, now)
             self._count_started(jobs)
+            if not jobs:
+                self.empty_claims += 1
+                self.metrics.empty_claims.inc()
             if len(jobs) < free:
-                wait = self.poll_interval
+                wait = self._idle_wait()
                 if self._refill_in is not None:  # a rate limit held jobs back: claim at its next token
                     wait = min(wait, max(self._refill_in, plans.RATE_BURST_SECONDS / 2))
-                await sleep_jittered(wait, self.wake)
+                await self._wait_for_work(wait)
+
+    async def _wait_for_work(self, wait: float) -> None:
+        """Until ``wait`` seconds pass or a wake-up that ``settle`` says to claim for (a herd of
+        idle workers woken by one NOTIFY: see ``listener.py``)."""
+        while await wait_for_event(self.wake, wait):
+            if self.settle is None or self.stopping or self._has_limits or await self.settle(self._stopping):
+                return
+            self.wake.clear()
+            wait = self._idle_wait()
+
+    def _idle_wait(self) -> float:
+        """How long to wait for a wake-up before claiming again: the jittered poll interval; with a
+        listening connection the longer idle interval, or until the soonest known timed job is due."""
+        if not self.listening() or self._has_limits:  # headroom freed by other workers is not notified
+            return self.poll_interval * (0.5 + random.random())
+        wait = self.idle_poll_interval * (0.5 + random.random())
+        due = self.due_in()
+        if due is not None:
+            wait = min(wait, due + 0.01)
+        return wait
 
     async def claim(self, limit: int) -> list[dict[str, Any]]:
         """Fill up to ``limit`` slots from the queues in the order configured. Where limits apply
@@ -135,6 +172,10 @@ class Executor(Service):
                 rows, refill = await self.db.run_one_trip(plans.claim_limited(params))
                 if refill is not None:
                     self._refill_in = min(refill, self._refill_in or refill)
+            elif self.announce():  # other idle workers may wait on this claim's outcome
+                began = time.monotonic()
+                rows = [r for r in await self.db.execute("claim_announce", params) if r["id"] is not None]
+                self.claim_seconds += (time.monotonic() - began - self.claim_seconds) / 8
             else:
                 rows = await self.db.execute("claim", params)
             rows.sort(key=lambda r: (-r["priority"], r["run_at"], r["id"]))
@@ -265,3 +306,14 @@ def describe(exc: BaseException) -> str:
     (a NUL or a lone surrogate in a handler's message must not make its outcome unrecordable)."""
     tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__, limit=-3))[-4000:]
     return tb.replace("\x00", "\\x00").encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+async def wait_for_event(event: asyncio.Event, seconds: float) -> bool:
+    """Until ``event`` is set (True) or ``seconds`` pass (False); ``asyncio.timeout``, not
+    ``wait_for``: a cancel always gets through."""
+    if event.is_set():
+        return True
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(seconds):
+            await event.wait()
+    return event.is_set()

@@ -2,16 +2,21 @@
 retention (archive) and the forgetting of silent workers, as tasks any process can run, and the
 worker's service that runs them all.
 
-Every worker runs the ``Maintenance`` service; a round happens under a transaction-scoped advisory
-lock, so one process at a time does the work, whichever. The operator runs the same ``Rescuer``
-(with the worker ids of deleted pods) rather than a copy of it.
+Every worker runs the ``Maintenance`` service, but only the elected leader (the holder of the
+``skiplock.leaders`` row its heartbeat renews) does rounds, so a fleet of hundreds sends one
+process's statements, not hundreds; a round also takes a transaction-scoped advisory lock, so two
+processes never do it at once (a leadership changing hands, ``Worker.maintain()``). The leader
+alone computes the queue-wide gauges (depth, oldest age, pending by priority bucket); the others
+export none of them. The operator runs the same ``Rescuer`` (with the worker ids of deleted pods)
+rather than a copy of it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -107,16 +112,24 @@ class Maintenance(Service):
     name = "maintenance"
 
     def __init__(self, db: Database, metrics: WorkerMetrics, *, interval: float, rescuer: Rescuer,
-                 archiver: Archiver, reaper: WorkerReaper, refresh_depth: bool = False) -> None:
+                 archiver: Archiver, reaper: WorkerReaper, refresh_depth: bool = False,
+                 leader: Callable[[], bool] = lambda: True) -> None:
         super().__init__()
         self.db, self.metrics, self.interval = db, metrics, interval
         self.rescuer, self.archiver, self.reaper = rescuer, archiver, reaper
         self.lifetimes = Lifetimes()
         self.refresh_depth = refresh_depth
+        self.leader = leader
+        self.kick = asyncio.Event()
+        """Set when this process just became the leader: a round at once (a dead leader's jobs wait no longer)."""
 
     async def run(self) -> None:
         while True:
-            await sleep_jittered(self.interval)
+            await sleep_jittered(self.interval, self.kick)
+            self.kick.clear()
+            if not self.leader():
+                self._clear_depth()  # another process exports the queue-wide numbers
+                continue
             try:
                 await self.round()
             except DatabaseUnavailable as exc:
@@ -150,12 +163,16 @@ class Maintenance(Service):
 
     async def _refresh_depth(self) -> None:
         rows = await self.db.execute("stats", {})
-        self.metrics.depth.clear()
-        self.metrics.oldest.clear()
+        by_priority = await self.db.execute("pending_by_priority", {})
+        self._clear_depth()
         for r in rows:
             self.metrics.depth.labels(r["queue"], r["state"]).set(r["jobs"])
             if r["state"] == "pending":
                 self.metrics.oldest.labels(r["queue"]).set(r["oldest_pending_seconds"])
-        self.metrics.by_priority.clear()
-        for r in await self.db.execute("pending_by_priority", {}):
+        for r in by_priority:
             self.metrics.by_priority.labels(r["queue"], str(r["priority"])).set(r["jobs"])
+
+    def _clear_depth(self) -> None:
+        self.metrics.depth.clear()
+        self.metrics.oldest.clear()
+        self.metrics.by_priority.clear()

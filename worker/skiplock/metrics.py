@@ -114,12 +114,15 @@ class WorkerMetrics:
         self.concurrency = Gauge("skiplock_worker_concurrency", "Configured concurrency.", registry=r)
         self.depth = Gauge("skiplock_queue_depth", "Jobs by queue and effective state.",
                            ("queue", "state"), registry=r)
-        self.by_priority = Gauge("skiplock_queue_pending_by_priority", "Runnable jobs by queue and priority.",
+        self.by_priority = Gauge("skiplock_queue_pending_by_priority",
+                                 "Runnable jobs by queue and priority bucket (<0, 0, 1-9, 10-99, >=100).",
                                  ("queue", "priority"), registry=r)
         self.oldest = Gauge("skiplock_queue_oldest_pending_seconds", "Age of the oldest runnable job.",
                             ("queue",), registry=r)
         self.rescued = Counter("skiplock_jobs_rescued", "Jobs rescued from expired leases or gone workers.",
                                ("queue",), registry=r)
+        self.empty_claims = Counter("skiplock_worker_empty_claims", "Claims that found no runnable job.",
+                                    registry=r)
         self.db_errors = Counter("skiplock_db_errors", "Database errors by operation.", ("operation",),
                                  registry=r)
         self._children: dict[tuple[str, str], JobMetrics] = {}

@@ -43,11 +43,18 @@ def as_spec(job: JobSpec | dict[str, Any]) -> JobSpec:
 
 class Queue:
     """An async handle on the skiplock tables. Pass ``conn=`` to any write to run it inside your
-    own transaction (the NOTIFY that wakes workers is then sent at your commit)."""
+    own transaction (the NOTIFY that wakes workers is then sent at your commit).
+
+    Connections: a pool of 1 to ``pool_size`` (default 4; it grows only while that many calls run
+    at once), or your ``pool``; each ``wait()`` in progress holds one more, for LISTEN, on
+    ``listen_dsn`` (default: the DSN; give a direct URL when the DSN is a transaction pooler, where
+    ``wait`` otherwise falls back to its poll)."""
 
     def __init__(self, dsn: str | None = None, *, pool: AsyncConnectionPool[Any] | None = None,
-                 pool_size: int = 4, metrics: WorkerMetrics | None = None, worker_id: str | None = None) -> None:
+                 pool_size: int = 4, metrics: WorkerMetrics | None = None, worker_id: str | None = None,
+                 listen_dsn: str | None = None) -> None:
         self.dsn = resolve_dsn(dsn) if pool is None else str(pool.conninfo)
+        self.listen_dsn = listen_dsn or self.dsn
         self._pool = pool or make_pool(self.dsn, pool_size, "client")
         self._own_pool = pool is None
         self.db = Database(self._pool)
@@ -257,7 +264,7 @@ class Queue:
         or cancelled, ``TimeoutError`` after ``timeout`` seconds. LISTEN wakes it at once; a poll
         every ``poll_interval`` seconds covers a lost notification."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        conn = await connect(self.dsn, "waiter")
+        conn = await connect(self.listen_dsn, "waiter")
         async with conn:
             with wrap_db_errors():
                 await conn.execute("LISTEN skiplock_finished")
@@ -412,5 +419,6 @@ async def sleep_jittered(seconds: float, event: asyncio.Event | None = None) -> 
     if event is None:
         await asyncio.sleep(delay)
         return
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(event.wait(), delay)
+    with contextlib.suppress(TimeoutError):  # asyncio.timeout, not wait_for: a cancel always gets through (3.11)
+        async with asyncio.timeout(delay):
+            await event.wait()

@@ -1,11 +1,13 @@
 """The scheduler service: declares the registry's periodic schedules, then fires due ticks. One cheap
 statement asks when the next tick is due; the locking transaction runs only when one is, so idle
-workers without schedules send one statement per SCHEDULE_IDLE seconds, not three a second."""
+workers without schedules send one statement per SCHEDULE_IDLE seconds, not three a second; and only
+the elected leader (``leader()``) checks at all: a fleet sends one process's statements. Every
+worker declares its registry's schedules once."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
 from . import plans
@@ -26,9 +28,10 @@ class Scheduler(Service):
 
     name = "scheduler"
 
-    def __init__(self, db: Database, metrics: WorkerMetrics, declare: Sequence[ScheduleSpec] = ()) -> None:
+    def __init__(self, db: Database, metrics: WorkerMetrics, declare: Sequence[ScheduleSpec] = (),
+                 leader: Callable[[], bool] = lambda: True) -> None:
         super().__init__()
-        self.db, self.metrics, self.declare = db, metrics, list(declare)
+        self.db, self.metrics, self.declare, self.leader = db, metrics, list(declare), leader
 
     async def run(self) -> None:
         declared = False
@@ -39,6 +42,9 @@ class Scheduler(Service):
                     for spec in self.declare:
                         await self.db.execute("upsert_schedule", spec.row("code", datetime.now(UTC)))
                     declared = True
+                if not self.leader():
+                    await sleep_jittered(SCHEDULE_CHECK)
+                    continue
                 (due,) = await self.db.execute("next_schedule", {})
                 if due["seconds"] is None:
                     wait = SCHEDULE_IDLE

@@ -79,7 +79,7 @@ TRANSITIONS: tuple[Transition, ...] = (
     Transition(Action.ENQUEUE, None, S.BLOCKED, Actor.PRODUCER, "depends on unfinished jobs", ("enqueue",)),
     Transition(Action.ENQUEUE, None, S.CANCELLED, Actor.PRODUCER, "a dependency already ended dead or cancelled",
                ("enqueue",)),
-    *(Transition(Action.CLAIM, s, S.RUNNING, Actor.CLAIMER, when, ("claim", "claim_limited"))
+    *(Transition(Action.CLAIM, s, S.RUNNING, Actor.CLAIMER, when, ("claim", "claim_announce", "claim_limited"))
       for s, when in zip(_RUNNABLE_FROM, ("spends an attempt, starts a lease", "once run_at has passed",
                                           "once the retry delay has passed"), strict=True)),
     Transition(Action.PROPAGATE, S.BLOCKED, S.PENDING, Actor.DEPENDENCY, "the last dependency completed",
@@ -122,7 +122,7 @@ TRANSITIONS: tuple[Transition, ...] = (
       for s in _FINISHED),
 )
 
-KEEPS_STATE: tuple[str, ...] = ("heartbeat", "lock_parents", "watch", "unarchive")
+KEEPS_STATE: tuple[str, ...] = ("heartbeat", "worker_heartbeat", "lock_parents", "watch", "unarchive")
 """Statements that write ``skiplock.jobs`` without ever changing a job's state (leases, marks, and
 the move back from the history table that a retry starts with)."""
 

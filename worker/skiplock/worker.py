@@ -1,6 +1,12 @@
 """The worker: a set of services with one start/stop contract (``service.Service``), sharing one
 database handle and the executions they hold.
 
+Connections: the services share one pool of ``pool_size`` connections (default 1: every statement
+is short, and a process claims, renews and records in a few a second at most), and the listener
+holds one session connection for LISTEN (on ``listen_database_url`` when given: a direct URL when
+the database URL is a transaction pooler; ``none``: no LISTEN, poll every ``poll_interval``). So a
+worker process holds at most 2 server connections by default, idle or busy.
+
 - executor (``executor.py``): claims jobs into free slots and runs their handlers; drains at stop;
 - completer (``completer.py``): records outcomes in batches, one transaction per flush;
 - lease keeper (``leases.py``): renews every held lease in one statement per interval, delivers
@@ -55,7 +61,10 @@ class WorkerConfig(BaseModel):
     claim_batch: int | None = Field(default=None, ge=1)  # most jobs per claim statement (None: every free slot)
     worker_id: str = Field(default_factory=default_worker_id, min_length=1, max_length=200)
     max_jobs: int | None = Field(default=None, ge=1)
-    poll_interval: float = Field(default=2.0, gt=0)
+    poll_interval: float = Field(default=2.0, gt=0)  # without a listening connection
+    idle_poll_interval: float = Field(default=60.0, gt=0)  # the safety-net poll while LISTEN is healthy
+    pool_size: int = Field(default=1, ge=1, le=1000)  # connections shared by every service but LISTEN
+    listen_database_url: str | None = None  # LISTEN here (None: the database URL; "none": never)
     job_timeout: float | None = Field(default=None, gt=0)
     lease_seconds: float = Field(default=30.0, ge=1)
     heartbeat_interval: float | None = Field(default=None, gt=0)
@@ -91,16 +100,24 @@ class Worker:
         self.metrics = metrics or WorkerMetrics()
         self.id = c.worker_id
         self.types = c.types if c.types is not None else registry.types
-        self.pool = make_pool(dsn, max_size=4, role="worker")
+        self.pool = make_pool(dsn, max_size=c.pool_size, role="worker")
+        listen_dsn = dsn if c.listen_database_url is None else c.listen_database_url
+        self.listen_dsn = None if listen_dsn.strip().lower() == "none" else listen_dsn
         self.db = Database(self.pool)
         self.executions = Executions()
         self.wake = asyncio.Event()
         self.completer = Completer(self.db, self.id, c.retry_policy, self.executions, self.metrics)
+        self.listener = Listener(self.listen_dsn or "", c.queues, self.wake, self.metrics, worker_id=self.id,
+                                 peers=lambda: self.lease_keeper.peers,
+                                 claim_seconds=lambda: self.executor.claim_seconds)
         self.executor = Executor(
             self.db, registry, self.executions, self.completer, self.metrics, self.wake, worker_id=self.id,
             queues=c.queues, types=self.types, concurrency=c.concurrency, claim_batch=c.claim_batch,
             max_jobs=c.max_jobs, poll_interval=c.poll_interval, lease_seconds=c.lease_seconds,
-            job_timeout=c.job_timeout, shutdown_grace=c.shutdown_grace, max_result_bytes=c.max_result_bytes)
+            job_timeout=c.job_timeout, shutdown_grace=c.shutdown_grace, max_result_bytes=c.max_result_bytes,
+            idle_poll_interval=c.idle_poll_interval, listening=lambda: self.listener.healthy,
+            due_in=self.listener.due_in, settle=self.listener.settle if self.listen_dsn is not None else None,
+            announce=lambda: self.listener.herd)
         self.completer.on_recorded = self.executor.on_recorded
         self.lease_keeper = LeaseKeeper(
             self.db, self.executions, self.completer, self.metrics, worker_id=self.id, queues=c.queues,
@@ -108,12 +125,15 @@ class Worker:
         self.maintenance = Maintenance(
             self.db, self.metrics, interval=c.recovery_interval, rescuer=Rescuer(c.retry_policy),
             archiver=Archiver(c.retain_finished, c.retain_dead),
-            reaper=WorkerReaper(max(3600.0, 10 * c.lease_seconds)), refresh_depth=c.metrics_port is not None)
-        self.scheduler = Scheduler(self.db, self.metrics, registry.schedules)
-        self.listener = Listener(dsn, c.queues, self.wake, self.metrics)
+            reaper=WorkerReaper(max(3600.0, 10 * c.lease_seconds)), refresh_depth=c.metrics_port is not None,
+            leader=self.is_leader)
+        self.scheduler = Scheduler(self.db, self.metrics, registry.schedules, leader=self.is_leader)
+        self.lease_keeper.on_leader = self.maintenance.kick.set
         self.watchdog = LoopWatchdog(c.loop_lag_warning, self.executor.describe_running)
-        self.support: list[Service] = [self.watchdog, self.listener, self.completer, self.lease_keeper,
+        self.support: list[Service] = [self.watchdog, self.completer, self.lease_keeper,
                                        self.maintenance, self.scheduler]
+        if self.listen_dsn is not None:
+            self.support.insert(1, self.listener)
         """Started before the executor, stopped after it (in reverse): while it drains, leases are
         still renewed and outcomes still recorded."""
 
@@ -139,6 +159,10 @@ class Worker:
     @property
     def finished(self) -> int:
         return self.completer.recorded
+
+    def is_leader(self) -> bool:
+        """Whether this worker does the cluster-wide work now (see ``LeaseKeeper.leader``)."""
+        return self.lease_keeper.leader
 
     def live(self) -> bool:
         """Liveness: the event loop turned recently."""

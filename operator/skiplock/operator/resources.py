@@ -66,6 +66,9 @@ def _env(spec: JobQueueSpec, pool: Pool) -> list[dict[str, Any]]:
         {"name": "SKIPLOCK_LEASE_SECONDS", "value": str(spec.recovery.lease_seconds)},
         {"name": "SKIPLOCK_SHUTDOWN_GRACE", "value": str(pool.termination_grace_period_seconds - 5)},
     ]
+    if ref.listen_key:  # DATABASE_URL is a transaction pooler: LISTEN on the direct URL of this key
+        env.append({"name": "SKIPLOCK_LISTEN_DATABASE_URL",
+                    "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.listen_key}}})
     if pool.job_types:
         env.append({"name": "SKIPLOCK_TYPES", "value": ",".join(pool.job_types)})
     handlers = pool.handlers or spec.handlers

@@ -34,6 +34,7 @@ class _Model(BaseModel):
 class SecretRef(_Model):
     name: str = Field(min_length=1)
     key: str = "DATABASE_URL"
+    listen_key: str | None = Field(default=None, min_length=1)  # a direct DSN for LISTEN (behind a pooler)
 
 
 class Database(_Model):

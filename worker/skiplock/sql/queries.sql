@@ -20,7 +20,8 @@ WHERE id = ANY(%(ids)s::bigint[]) AND id NOT IN (SELECT id FROM locked);
 
 -- name: enqueue
 -- Insert a batch (thousands per round trip) from one JSON array; wake idle workers by NOTIFY
--- (delivered at commit, so enqueueing inside the caller's transaction wakes nobody early).
+-- (delivered at commit, so enqueueing inside the caller's transaction wakes nobody early), and
+-- tell them on skiplock_due ('queue epoch') when the soonest scheduled job of a queue is due.
 -- RETURNING gives the inserted rows; duplicates of an unfinished dedup_key are skipped. What a job
 -- leaves unset comes from its queue's settings (skiplock.queues): max_attempts (else 5) and the
 -- lifetimes; a ttl runs from when the job is due: expires_at = max(now, run_at) + ttl.
@@ -51,9 +52,12 @@ WITH rows AS (
     ON CONFLICT (queue, dedup_key)
         WHERE dedup_key IS NOT NULL AND state NOT IN {{finished}}
         DO NOTHING
-    RETURNING id, queue, dedup_key, state::text
+    RETURNING id, queue, dedup_key, state::text, run_at
 ), wake AS (
     SELECT pg_notify('skiplock_jobs', q.queue) FROM (SELECT DISTINCT queue FROM ins WHERE state = 'pending') q
+    UNION ALL  -- idle workers poll seldom: tell them when the soonest scheduled job is due
+    SELECT pg_notify('skiplock_due', t.queue || ' ' || extract(epoch FROM t.due)::text)
+    FROM (SELECT queue, min(run_at) AS due FROM ins WHERE state = 'scheduled' GROUP BY queue) t
 )
 SELECT id, queue, dedup_key, state, (SELECT count(*) FROM wake) AS woken FROM ins ORDER BY id;
 
@@ -91,6 +95,36 @@ FROM next WHERE j.id = next.id
 RETURNING j.id, j.queue, j.type, j.payload, j.priority, j.attempts, j.max_attempts,
           j.timeout_seconds, j.tenant, j.labels, j.run_at, j.created_at;
 
+-- name: claim_announce
+-- `claim`, for a worker among many idle ones of the queue: when the claim takes fewer jobs than it
+-- asked for (nothing more is runnable), it says so on skiplock_drained ('worker_id<newline>queue'),
+-- so the others woken by the same NOTIFY, still waiting their random backoff, do not claim in
+-- vain. Always returns one row (a NULL id when nothing was claimed).
+WITH next AS (
+    SELECT id FROM skiplock.jobs
+    WHERE state IN {{runnable}}
+      AND queue = %(queue)s
+      AND run_at <= now()
+      AND (%(types)s::text[] IS NULL OR type = ANY(%(types)s::text[]))
+      AND (expires_at IS NULL OR expires_at > now())
+      AND NOT EXISTS (SELECT 1 FROM skiplock.limits l WHERE l.type = jobs.type)
+    ORDER BY priority DESC, run_at, id
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+), claimed AS (
+    UPDATE skiplock.jobs j
+    SET state = 'running', attempts = j.attempts + 1, worker_id = %(worker_id)s,
+        lease_expires_at = now() + make_interval(secs => %(lease_seconds)s),
+        started_at = now(), updated_at = now()
+    FROM next WHERE j.id = next.id
+    RETURNING j.id, j.queue, j.type, j.payload, j.priority, j.attempts, j.max_attempts,
+              j.timeout_seconds, j.tenant, j.labels, j.run_at, j.created_at
+), drained AS (
+    SELECT pg_notify('skiplock_drained', %(worker_id)s || E'\n' || %(queue)s)
+    WHERE (SELECT count(*) FROM claimed) < %(limit)s
+)
+SELECT c.* FROM (SELECT count(*) FROM drained) d LEFT JOIN claimed c ON true;
+
 -- name: finish
 -- Record the outcome of a batch of executions: completed (with result), failed (retry after the
 -- retry policy's delay, or dead when attempts are spent), dead (permanent failure) or cancelled.
@@ -127,9 +161,12 @@ WITH f AS (
     FROM f
     WHERE j.id = ANY(%(ids)s::bigint[]) AND j.id = f.id AND j.attempts = f.attempt
       AND j.state::text = 'running' AND j.worker_id = %(worker_id)s
-    RETURNING j.id, j.attempts, j.queue, j.type, j.state::text, j.notify_finish
+    RETURNING j.id, j.attempts, j.queue, j.type, j.state::text, j.notify_finish, j.run_at
 ), notified AS (
     SELECT pg_notify('skiplock_finished', id::text) FROM done WHERE notify_finish AND state <> 'retry'
+    UNION ALL  -- when the soonest retry of a queue is due, for idle workers (see enqueue)
+    SELECT pg_notify('skiplock_due', t.queue || ' ' || extract(epoch FROM t.due)::text)
+    FROM (SELECT queue, min(run_at) AS due FROM done WHERE state = 'retry' GROUP BY queue) t
 )
 SELECT id, attempts, queue, type, state, (SELECT count(*) FROM notified) AS notified FROM done;
 
@@ -189,8 +226,43 @@ WHERE id = ANY(%(ids)s::bigint[]) AND worker_id = %(worker_id)s AND state::text 
 RETURNING id, attempts, cancel_requested;
 
 -- name: worker_gone
--- A worker that stops cleanly removes its row.
+-- A worker that stops cleanly removes its row, and hands back the leadership if it held it.
+WITH resigned AS (DELETE FROM skiplock.leaders WHERE holder = %(worker_id)s)
 DELETE FROM skiplock.workers WHERE id = %(worker_id)s;
+
+-- name: worker_heartbeat
+-- The worker's heartbeat: `heartbeat` (worker row, lease renewal, cancel requests) plus the
+-- leadership of cluster-wide work (maintenance, schedules, queue-wide metrics): renewed by its
+-- holder, taken by anyone once it expired (a holder that died: after %(leader_seconds)s). Still
+-- one statement per worker per interval; non-holders only read the leaders row. Returns the
+-- renewed executions, and one row with a NULL id when there are none; `leader` and `peers` (live
+-- workers sharing one of its queues, itself included) on every row.
+WITH seen AS (
+    INSERT INTO skiplock.workers (id, queues, types, hostname, pid, concurrency, in_flight)
+    VALUES (%(worker_id)s, %(queues)s::text[], %(types)s::text[], %(hostname)s, %(pid)s,
+            %(concurrency)s, cardinality(%(ids)s::bigint[]))
+    ON CONFLICT (id) DO UPDATE
+        SET last_seen_at = now(), in_flight = excluded.in_flight, queues = excluded.queues,
+            types = excluded.types, concurrency = excluded.concurrency
+), lead AS (
+    INSERT INTO skiplock.leaders (name, holder, expires_at)
+    SELECT 'maintenance', %(worker_id)s, now() + make_interval(secs => %(leader_seconds)s)
+    WHERE NOT EXISTS (SELECT 1 FROM skiplock.leaders l
+                      WHERE l.name = 'maintenance' AND l.holder <> %(worker_id)s AND l.expires_at > now())
+    ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at
+        WHERE leaders.holder = excluded.holder OR leaders.expires_at < now()
+    RETURNING holder
+), renewed AS (
+    UPDATE skiplock.jobs
+    SET lease_expires_at = now() + make_interval(secs => %(lease_seconds)s)
+    WHERE id = ANY(%(ids)s::bigint[]) AND worker_id = %(worker_id)s AND state::text = 'running'  -- by id (see finish)
+    RETURNING id, attempts, cancel_requested
+)
+SELECT r.id, r.attempts, r.cancel_requested, EXISTS (SELECT 1 FROM lead) AS leader,
+       (SELECT count(*) FROM skiplock.workers w  -- live workers sharing a queue: the herd's size
+        WHERE w.queues && %(queues)s::text[]
+          AND w.last_seen_at > now() - make_interval(secs => %(leader_seconds)s)) AS peers
+FROM (SELECT 1) one LEFT JOIN renewed r ON true;
 
 -- name: release
 -- Graceful shutdown: hand back executions (id, attempt) this worker will not finish, without
@@ -247,6 +319,9 @@ WITH rescued AS (
 ), wake AS (
     SELECT pg_notify('skiplock_jobs', q.queue)
     FROM (SELECT DISTINCT queue FROM rescued WHERE state = 'retry' AND run_at <= now()) q
+    UNION ALL  -- retries due later: when (see enqueue)
+    SELECT pg_notify('skiplock_due', t.queue || ' ' || extract(epoch FROM t.due)::text)
+    FROM (SELECT queue, min(run_at) AS due FROM rescued WHERE state = 'retry' AND run_at > now() GROUP BY queue) t
 ), notified AS (
     SELECT pg_notify('skiplock_finished', id::text) FROM rescued WHERE notify_finish AND state <> 'retry'
 )
@@ -669,10 +744,15 @@ FROM (SELECT DISTINCT queue FROM skiplock.jobs) q
 ORDER BY q.queue;
 
 -- name: pending_by_priority
--- Runnable jobs per queue and priority (the queue-overview dashboard's depth by priority).
-SELECT queue, priority, count(*) AS jobs FROM skiplock.jobs
-WHERE state IN {{runnable}} AND run_at <= now()
-GROUP BY queue, priority;
+-- Runnable jobs per queue and priority bucket (the queue-overview dashboard's depth by priority):
+-- a bounded label set whatever priorities jobs use. Every bucket of a queue is returned, 0 included.
+SELECT q.queue, b.bucket AS priority, count(j.id) AS jobs
+FROM (SELECT DISTINCT queue FROM skiplock.jobs WHERE state IN {{runnable}} AND run_at <= now()) q
+CROSS JOIN unnest(ARRAY['<0', '0', '1-9', '10-99', '>=100']) AS b(bucket)
+LEFT JOIN skiplock.jobs j ON j.queue = q.queue AND j.state IN {{runnable}} AND j.run_at <= now()
+     AND CASE WHEN j.priority < 0 THEN '<0' WHEN j.priority = 0 THEN '0' WHEN j.priority < 10 THEN '1-9'
+              WHEN j.priority < 100 THEN '10-99' ELSE '>=100' END = b.bucket
+GROUP BY q.queue, b.bucket;
 
 -- name: dependents
 -- The jobs that depend on a job (the job browser's detail page). Only a job marked has_dependents
