@@ -1,4 +1,4 @@
--- skiplock schema, version 10: an elected leader for cluster-wide work.
+-- skiplock schema, version 6: an elected leader for cluster-wide work.
 --
 -- With hundreds of workers on one database, the work of the whole database (maintenance rounds,
 -- firing schedules, the queue-wide depth metrics) is done by one of them: the holder of the
