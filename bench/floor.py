@@ -41,11 +41,13 @@ from .server import Server
 
 _PARAM = re.compile(r"%\((\w+)\)s")
 WORKER_ID = "pgbench-floor"
+_COMMENT = re.compile(r"--[^'\n]*$", re.MULTILINE)  # a trailing comment (none inside a string literal)
 
 
 def to_pgbench(sql: str) -> str:
-    """One line of pgbench SQL: placeholders become ``:variables``."""
-    return " ".join(_PARAM.sub(r":\1", sql).split())
+    """One line of pgbench SQL: comments dropped (joined, one would swallow the rest), placeholders
+    become ``:variables``."""
+    return " ".join(_PARAM.sub(r":\1", _COMMENT.sub("", sql)).split())
 
 
 def cycle_script(replenish: bool = False) -> str:

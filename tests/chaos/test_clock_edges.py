@@ -102,7 +102,10 @@ def test_a_job_reclaimed_by_the_same_worker_survives_its_stale_execution(audited
         # comes back before or after the re-claim, the stale execution runs to its end.
         job_id = skiplock_sync.enqueue(conn, "work", {"ms": 5000, "stubborn": True}, max_attempts=3)
     with PgProxy(port) as proxy:
-        fleet = Fleet(proxy.dsn(dsn), logdir, lease=2, recovery=0.5, poll=0.2, concurrency=2, record_dsn=dsn)
+        # Two pooled connections: with the default one, the held-back heartbeat holds the worker's
+        # only connection, so its own rescue and re-claim cannot run meanwhile (the leader's would).
+        fleet = Fleet(proxy.dsn(dsn), logdir, lease=2, recovery=0.5, poll=0.2, concurrency=2, record_dsn=dsn,
+                      extra_args=("--pool-size", "2"))
         fleet.spawn()
         try:
             wait_until(lambda: count(dsn, "SELECT count(*) FROM chaos_executions") == 1, 60, "job started")
