@@ -279,6 +279,9 @@ def cel_violation(spec: dict[str, Any]) -> str | None:
         return "env may not set variables the operator manages"
     if any(("cron" in s) == ("every" in s) for s in spec.get("schedules", [])):
         return "give exactly one of cron or every"
+    retries = [q["retry"] for q in spec.get("queueSettings", []) if "retry" in q]
+    if any(("intervals" in r) + ("every" in r) + ("backoffBase" in r or "backoffMax" in r) != 1 for r in retries):
+        return "give exactly one of intervals, every, or backoffBase/backoffMax"
     return None
 
 
