@@ -68,9 +68,10 @@ def from_schema(schema: dict[str, Any]) -> SearchStrategy[Any]:
         low = schema.get("minItems", 0)
         high = min(schema.get("maxItems", low + 3), low + 3)
         map_keys: list[str] = schema.get("x-kubernetes-list-map-keys") or []
-        if map_keys:
+        if map_keys:  # a key left out counts as its default (imagePullSecrets' name "", a port's TCP)
+            defaults = {k: schema["items"].get("properties", {}).get(k, {}).get("default") for k in map_keys}
             return st.lists(items, min_size=low, max_size=high,
-                            unique_by=lambda v: tuple(v.get(k) for k in map_keys))
+                            unique_by=lambda v: tuple(v.get(k, defaults[k]) for k in map_keys))
         unique = schema.get("x-kubernetes-list-type") == "set"
         return st.lists(items, min_size=low, max_size=high, unique=unique)
     if kind == "string":
