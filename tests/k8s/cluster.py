@@ -313,6 +313,17 @@ class Cluster:
 
         wait_for(established, timeout, f"{crd} established")
 
+    def policy_type_checking(self, policy: str, timeout: float = 60.0) -> dict[str, Any]:
+        """A ValidatingAdmissionPolicy's ``status.typeChecking`` (``{}``: no expression warnings), once the
+        API server's status controller, which type-checks asynchronously, has written it."""
+        def checked() -> dict[str, Any] | None:
+            got = json.loads(self.kubectl("get", "validatingadmissionpolicy", policy, "-o", "json").stdout)
+            status: dict[str, Any] = got.get("status", {})
+            return status if "typeChecking" in status else None
+
+        result: dict[str, Any] = wait_for(checked, timeout, f"{policy}'s type checking", interval=0.5)["typeChecking"]
+        return result
+
     def add_node(
         self,
         name: str,

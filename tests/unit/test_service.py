@@ -74,3 +74,27 @@ async def test_a_service_that_must_not_restart_fails_its_waiter() -> None:
     s.start()
     with pytest.raises(RuntimeError, match="a bug in the loop"):
         await s.wait()
+
+
+async def test_stop_ends_a_loop_that_swallowed_its_cancel(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A loop that loses a cancel (as Python 3.11's ``wait_for`` does when its inner wait finishes at
+    the same moment: psycopg_pool waits for a pooled connection with it) still stops."""
+    monkeypatch.setattr(service, "CANCEL_AGAIN", 0.05)
+
+    class Swallower(Ticker):
+        async def run(self) -> None:
+            self.runs += 1
+            while True:
+                self.ticks += 1
+                try:
+                    await asyncio.sleep(0.01)
+                except asyncio.CancelledError:
+                    if self.ticks < 3:
+                        continue  # lost, as a wait_for that also got its result would lose it
+                    raise
+
+    s = Swallower()
+    s.start()
+    await asyncio.sleep(0.005)
+    await asyncio.wait_for(s.stop(), 5)
+    assert not s.running and s.stops == 1

@@ -30,7 +30,7 @@ from .metrics import WorkerMetrics
 from .models import json_text
 from .queue import sleep_jittered
 from .registry import Job, JobRegistry
-from .service import Service, note_db_error
+from .service import Service, cancel_and_wait, note_db_error
 from .threads import in_daemon_thread
 
 log = logging.getLogger("skiplock.worker")
@@ -267,9 +267,7 @@ class Executor(Service):
         leftover = {key: h for key, h in held.items() if h.task is not None and not h.task.done()}
         for entry in leftover.values():
             entry.job._cancel.set()
-            assert entry.task is not None
-            entry.task.cancel()
-        await asyncio.gather(*(h.task for h in leftover.values() if h.task is not None), return_exceptions=True)
+        await cancel_and_wait(*(h.task for h in leftover.values() if h.task is not None))
         await self.completer.flush_all()
         if leftover:
             try:

@@ -24,6 +24,7 @@ from .pull import DEFAULT_LEASE, PulledJob
 from .queues import QueueSettings
 from .retry import DEFAULT, RetryPolicy
 from .schedules import ScheduleSpec
+from .service import cancel_and_wait
 from .sql import QUERIES
 from .states import CANCELLABLE, PURGEABLE, RETRYABLE, ordered
 
@@ -241,16 +242,16 @@ class Queue:
         try:
             yield job
         except (asyncio.CancelledError, KeyboardInterrupt):
-            keepalive.cancel()
+            await cancel_and_wait(keepalive)
             if not job.done:
                 await asyncio.shield(self._run(pull.release(job)))
             raise
         except Exception as exc:
-            keepalive.cancel()
+            await cancel_and_wait(keepalive)
             await self._run(pull.run_ending(job, exc))
             raise
         else:
-            keepalive.cancel()
+            await cancel_and_wait(keepalive)
             await self._run(pull.run_ending(job, None))
 
     async def _keep_alive(self, lease_seconds: float) -> None:

@@ -2,8 +2,9 @@
 
 - ``start()`` begins the service on the running event loop and returns at once; starting a
   service that runs does nothing.
-- ``await stop()`` asks it to end and returns once it has: its loop is cancelled at an await, then
-  ``stopped()`` does its last work (the completer records what it holds, the executor drains).
+- ``await stop()`` asks it to end and returns once it has: its loop is cancelled at an await (again
+  if a cancel was lost), then ``stopped()`` does its last work (the completer records what it holds,
+  the executor drains).
   Stopping a service that is not running does nothing.
 - A service whose loop fails with anything but a database outage (each loop rides those out
   itself) logs the error and starts its loop over after a pause: a support service never dies
@@ -18,13 +19,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
     from .metrics import WorkerMetrics
 
 log = logging.getLogger("skiplock.worker")
 RESTART_PAUSE = 1.0
+CANCEL_AGAIN = 1.0
+"""Seconds after which ``stop()`` cancels a loop again that is still running: a cancel can be lost
+(Python 3.11's ``asyncio.wait_for``, which psycopg_pool uses to wait for a connection, returns the
+result instead of raising when the cancel and the result arrive together), and a loop that missed it
+would keep the worker from ever stopping."""
 
 
 class Service:
@@ -50,8 +56,7 @@ class Service:
         task, self._task = self._task, None
         if task is None:
             return
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        await cancel_and_wait(task)
         await self.stopped()
 
     async def wait(self) -> None:
@@ -77,6 +82,17 @@ class Service:
                     raise
                 log.exception("%s: unexpected error; starting over in %gs", self.name, RESTART_PAUSE)
                 await asyncio.sleep(RESTART_PAUSE)
+
+
+async def cancel_and_wait(*tasks: asyncio.Future[Any]) -> None:
+    """Cancel ``tasks`` and return once each has ended; one still running ``CANCEL_AGAIN`` seconds
+    after a cancel is cancelled again (its cancel was lost)."""
+    pending = {task for task in tasks if not task.done()}
+    while pending:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=CANCEL_AGAIN)
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def note_db_error(metrics: WorkerMetrics, operation: str, exc: BaseException) -> None:

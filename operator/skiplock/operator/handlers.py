@@ -19,6 +19,8 @@ from typing import Any
 
 import kopf
 
+from skiplock.service import cancel_and_wait
+
 from . import reconcile, recovery, schedules
 from .observe import PodIndex, PodInfo
 from .resources import JOBQUEUE_LABEL, POOL_LABEL
@@ -53,9 +55,7 @@ async def _first(stopped: kopf.DaemonStopped, *work: Awaitable[Any], timeout: fl
     try:
         await asyncio.wait(tasks, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
     finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_and_wait(*tasks)
 
 
 @kopf.on.cleanup(registry=registry)

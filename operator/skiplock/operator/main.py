@@ -20,6 +20,7 @@ import kopf
 
 from skiplock.errors import SkiplockError
 from skiplock.metrics import serve
+from skiplock.service import cancel_and_wait
 
 from . import handlers
 from .db import Databases
@@ -143,7 +144,7 @@ async def _lead(rt: Runtime, options: Options, health: Health, elector: LeaderEl
         rt.stop.set()
         await operating
         return 1
-    holding.cancel()
+    await cancel_and_wait(holding)  # no renewal after the release
     await elector.release()
     return operating.result()
 
