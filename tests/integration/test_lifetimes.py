@@ -19,7 +19,8 @@ from skiplock.sql import QUERIES
 from tests.helpers import sql
 
 
-async def _maintain(dsn: str) -> None:
+async def _maintain(dsn: str) -> Worker:
+    """One maintenance round of a worker; returns the worker (its metrics)."""
     registry = JobRegistry()
     registry.register("t", lambda job: None)
     worker = Worker(registry, dsn, WorkerConfig())
@@ -28,6 +29,7 @@ async def _maintain(dsn: str) -> None:
         await worker.maintain()
     finally:
         await worker.pool.close()
+    return worker
 
 
 def _age(dsn: str, seconds: float, where: str = "true") -> None:
@@ -44,9 +46,10 @@ async def test_a_job_not_started_within_its_ttl_expires_with_its_dependents(queu
     waiter = asyncio.create_task(queue.wait(short, timeout=30, poll_interval=0.2))
     _age(dsn, 61)
     assert (await queue.claim()) and (await queue.get(plain)).state == State.RUNNING  # not the expired one
-    await _maintain(dsn)
+    worker = await _maintain(dsn)
     job = await queue.get(short)
     assert job.state == State.CANCELLED and job.last_error == "expired: not started within its ttl of 60s"
+    assert worker.metrics.registry.get_sample_value("skiplock_jobs_expired_total", {"queue": "default"}) == 1
     assert (await queue.get(child)).state == State.CANCELLED
     assert (await queue.get(later)).state == State.SCHEDULED
     with pytest.raises(JobFailed, match="expired"):

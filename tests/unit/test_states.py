@@ -6,7 +6,9 @@ import argparse
 import re
 from importlib import resources
 
-from skiplock import states
+import pytest
+
+from skiplock import sql, states
 from skiplock.cli import build_parser
 from skiplock.sql import QUERIES
 from skiplock.states import Action, State
@@ -26,6 +28,15 @@ def test_queries_name_state_sets_instead_of_copying_them() -> None:
     assert not copies, f"hand-written state lists in queries.sql (use {{{{name}}}}): {copies}"
     assert "{{" not in "".join(QUERIES.values())
     assert "state IN ('scheduled', 'pending', 'retry')" in QUERIES["claim"]
+    assert QUERIES["claim"].split("UPDATE")[0] in QUERIES["claim_announce"]  # one claim_next fragment
+
+
+def test_fragments_are_included_and_an_unknown_one_is_refused() -> None:
+    text = ("-- fragment: f\n-- a comment\nSELECT 1 WHERE 'x' IN {{finished}}\n"
+            "-- name: q\nSELECT * FROM ({{> f}}) t;\n")
+    assert sql._parse(text) == {"q": "SELECT * FROM (SELECT 1 WHERE 'x' IN ('completed', 'dead', 'cancelled')) t"}
+    with pytest.raises(KeyError, match="unknown fragment"):
+        sql._parse("-- name: q\nSELECT * FROM ({{> nope}}) t;\n")
 
 
 def _choices(*path: str, dest: str) -> list[str]:

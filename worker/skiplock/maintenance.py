@@ -138,12 +138,14 @@ class Maintenance(Service):
     async def round(self) -> list[Row]:
         """One round now, if no other process is doing one; returns the rows rescued."""
         rescued: list[Row]
-        rescued, moved = await self.db.run(self._plan())
+        rescued, expired, moved = await self.db.run(self._plan())
         deadline = time.monotonic() + ARCHIVE_BUDGET_S
         while moved >= self.archiver.batch and time.monotonic() < deadline:
             moved = await self.db.run(self.archiver.plan())
         for row in rescued:
             self.metrics.rescued.labels(row["queue"]).inc()
+        for row in expired:
+            self.metrics.expired.labels(row["queue"]).inc()
         if rescued:
             log.info("rescued %d jobs with expired leases", len(rescued))
         if self.refresh_depth:
@@ -152,14 +154,14 @@ class Maintenance(Service):
 
     def _plan(self) -> Plan:
         """Rescue, expire, archive one batch, delete ended lifetimes, forget old workers; returns
-        (rescued rows, jobs archived)."""
+        (rescued rows, expired rows, jobs archived)."""
         (lock,) = yield [("try_maintenance_lock", {})]
         if not lock[0]["locked"]:
-            return [], 0
+            return [], [], 0
         rescued = yield from self.rescuer.plan()
-        yield from self.lifetimes.plan()
+        expired = yield from self.lifetimes.plan()
         moved, _, _ = yield [self.archiver.step(), self.reaper.step(), self.lifetimes.step()]
-        return rescued, moved[0]["moved"]
+        return rescued, expired, moved[0]["moved"]
 
     async def _refresh_depth(self) -> None:
         rows = await self.db.execute("stats", {})

@@ -121,6 +121,8 @@ class WorkerMetrics:
                             ("queue",), registry=r)
         self.rescued = Counter("skiplock_jobs_rescued", "Jobs rescued from expired leases or gone workers.",
                                ("queue",), registry=r)
+        self.expired = Counter("skiplock_jobs_expired", "Waiting jobs ended cancelled past their ttl.",
+                               ("queue",), registry=r)
         self.empty_claims = Counter("skiplock_worker_empty_claims", "Claims that found no runnable job.",
                                     registry=r)
         self.db_errors = Counter("skiplock_db_errors", "Database errors by operation.", ("operation",),
@@ -141,6 +143,7 @@ class WorkerMetrics:
         them reads 0, not "no data", until the first job (and a counter's first increment counts)."""
         for queue in queues:
             self.rescued.labels(queue)
+            self.expired.labels(queue)
             for type in types:
                 self.of(queue, type)
 

@@ -2,7 +2,8 @@
 
 State lists are never written out in ``queries.sql``: ``{{runnable}}`` and the other names of
 ``skiplock.states.SQL_SETS`` stand for them and become ``('pending', 'scheduled', 'retry')`` here,
-from the one transitions table."""
+from the one transitions table. A part that two statements share is written once, as a
+``-- fragment: name`` that they include with ``{{> name}}``."""
 
 from __future__ import annotations
 
@@ -12,8 +13,9 @@ from importlib import resources
 
 from ..states import SQL_SETS, sql_list
 
-_NAME = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
+_NAME = re.compile(r"^-- (name|fragment): (\w+)\s*$", re.MULTILINE)
 _SET = re.compile(r"\{\{(\w+)\}\}")
+_FRAGMENT = re.compile(r"\{\{> (\w+)\}\}")
 
 
 def _expand(match: re.Match[str]) -> str:
@@ -24,11 +26,21 @@ def _expand(match: re.Match[str]) -> str:
 
 
 def _parse(text: str) -> dict[str, str]:
+    """Statements by name; ``{{> f}}`` in one stands for the text of ``-- fragment: f`` (a part two
+    statements share, written once), and comment lines are dropped."""
     parts = _NAME.split(text)
     queries: dict[str, str] = {}
-    for name, body in zip(parts[1::2], parts[2::2], strict=True):
+    fragments: dict[str, str] = {}
+
+    def include(match: re.Match[str]) -> str:
+        if match.group(1) not in fragments:
+            raise KeyError(f"queries.sql includes an unknown fragment {{{{> {match.group(1)}}}}} (define it first)")
+        return fragments[match.group(1)]
+
+    for kind, name, body in zip(parts[1::3], parts[2::3], parts[3::3], strict=True):
         lines = [ln for ln in body.strip().splitlines() if not ln.lstrip().startswith("--")]
-        queries[name] = _SET.sub(_expand, "\n".join(lines).strip().rstrip(";"))
+        text = _SET.sub(_expand, _FRAGMENT.sub(include, "\n".join(lines).strip().rstrip(";")))
+        (fragments if kind == "fragment" else queries)[name] = text
     return queries
 
 

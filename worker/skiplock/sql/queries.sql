@@ -68,6 +68,29 @@ JOIN unnest(%(queues)s::text[], %(keys)s::text[]) AS k(queue, dedup_key)
   ON j.queue = k.queue AND j.dedup_key = k.dedup_key
 WHERE j.state NOT IN {{finished}};
 
+-- fragment: claim_next
+-- The jobs a claim takes (the `next` CTE of claim and claim_announce).
+SELECT id FROM skiplock.jobs
+WHERE state IN {{runnable}}
+  AND queue = %(queue)s
+  AND run_at <= now()
+  AND (%(types)s::text[] IS NULL OR type = ANY(%(types)s::text[]))
+  AND (expires_at IS NULL OR expires_at > now())
+  AND NOT EXISTS (SELECT 1 FROM skiplock.limits l WHERE l.type = jobs.type)
+ORDER BY priority DESC, run_at, id
+LIMIT %(limit)s
+FOR UPDATE SKIP LOCKED
+
+-- fragment: claim_take
+-- What a claim does to the jobs in `next`: each runs under a lease and has spent an attempt.
+UPDATE skiplock.jobs j
+SET state = 'running', attempts = j.attempts + 1, worker_id = %(worker_id)s,
+    lease_expires_at = now() + make_interval(secs => %(lease_seconds)s),
+    started_at = now(), updated_at = now()
+FROM next WHERE j.id = next.id
+RETURNING j.id, j.queue, j.type, j.payload, j.priority, j.attempts, j.max_attempts,
+          j.timeout_seconds, j.tenant, j.labels, j.run_at, j.created_at
+
 -- name: claim
 -- Claim up to %(limit)s runnable jobs of one queue in one statement, highest priority first, then
 -- oldest run_at, then id: an ordered walk of jobs_claim_idx, no sort (guarded by an EXPLAIN test).
@@ -75,51 +98,17 @@ WHERE j.state NOT IN {{finished}};
 -- starts a lease that the worker's heartbeat renews. A job past its ttl is not claimed (maintenance
 -- ends it cancelled: `expire`). Jobs of types that have limits are left to
 -- claim_limited, so a worker that has not yet noticed a new limit can never break it.
-WITH next AS (
-    SELECT id FROM skiplock.jobs
-    WHERE state IN {{runnable}}
-      AND queue = %(queue)s
-      AND run_at <= now()
-      AND (%(types)s::text[] IS NULL OR type = ANY(%(types)s::text[]))
-      AND (expires_at IS NULL OR expires_at > now())
-      AND NOT EXISTS (SELECT 1 FROM skiplock.limits l WHERE l.type = jobs.type)
-    ORDER BY priority DESC, run_at, id
-    LIMIT %(limit)s
-    FOR UPDATE SKIP LOCKED
-)
-UPDATE skiplock.jobs j
-SET state = 'running', attempts = j.attempts + 1, worker_id = %(worker_id)s,
-    lease_expires_at = now() + make_interval(secs => %(lease_seconds)s),
-    started_at = now(), updated_at = now()
-FROM next WHERE j.id = next.id
-RETURNING j.id, j.queue, j.type, j.payload, j.priority, j.attempts, j.max_attempts,
-          j.timeout_seconds, j.tenant, j.labels, j.run_at, j.created_at;
+WITH next AS ({{> claim_next}})
+{{> claim_take}};
 
 -- name: claim_announce
 -- `claim`, for a worker among many idle ones of the queue: when the claim takes fewer jobs than it
 -- asked for (nothing more is runnable), it says so on skiplock_drained ('worker_id<newline>queue'),
 -- so the others woken by the same NOTIFY, still waiting their random backoff, do not claim in
 -- vain. Always returns one row (a NULL id when nothing was claimed).
-WITH next AS (
-    SELECT id FROM skiplock.jobs
-    WHERE state IN {{runnable}}
-      AND queue = %(queue)s
-      AND run_at <= now()
-      AND (%(types)s::text[] IS NULL OR type = ANY(%(types)s::text[]))
-      AND (expires_at IS NULL OR expires_at > now())
-      AND NOT EXISTS (SELECT 1 FROM skiplock.limits l WHERE l.type = jobs.type)
-    ORDER BY priority DESC, run_at, id
-    LIMIT %(limit)s
-    FOR UPDATE SKIP LOCKED
-), claimed AS (
-    UPDATE skiplock.jobs j
-    SET state = 'running', attempts = j.attempts + 1, worker_id = %(worker_id)s,
-        lease_expires_at = now() + make_interval(secs => %(lease_seconds)s),
-        started_at = now(), updated_at = now()
-    FROM next WHERE j.id = next.id
-    RETURNING j.id, j.queue, j.type, j.payload, j.priority, j.attempts, j.max_attempts,
-              j.timeout_seconds, j.tenant, j.labels, j.run_at, j.created_at
-), drained AS (
+WITH next AS ({{> claim_next}}),
+claimed AS ({{> claim_take}}),
+drained AS (
     SELECT pg_notify('skiplock_drained', %(worker_id)s || E'\n' || %(queue)s)
     WHERE (SELECT count(*) FROM claimed) < %(limit)s
 )
