@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -16,7 +17,7 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
-from skiplock import Job, JobRegistry, PermanentFailure, Queue, State
+from skiplock import Job, JobCancelled, JobRegistry, PermanentFailure, Queue, State
 from skiplock.pull import PulledJob
 from skiplock.retry import Fixed, Intervals
 from tests.helpers import eventually, running_worker, sql
@@ -196,6 +197,7 @@ class Lease(Protocol):
     async def fail(self, job_id: int, worker: str) -> str | None: ...
     async def release(self, job_id: int, worker: str) -> bool: ...
     async def heartbeat(self, worker: str, lease: float) -> int: ...
+    async def renew(self, worker: str, lease: float) -> dict[int, tuple[int, bool]]: ...
 
 
 class SqlLease:
@@ -224,6 +226,10 @@ class SqlLease:
 
     async def heartbeat(self, worker: str, lease: float) -> int:
         return int(await self._one("SELECT skiplock.heartbeat(%s, %s)", worker, lease))
+
+    async def renew(self, worker: str, lease: float) -> dict[int, tuple[int, bool]]:
+        rows = await (await self.conn.execute("SELECT * FROM skiplock.renew(%s, %s)", (worker, lease))).fetchall()
+        return {r["job_id"]: (r["attempt"], r["cancel_requested"]) for r in rows}
 
 
 class PullLease:
@@ -261,6 +267,10 @@ class PullLease:
     async def heartbeat(self, worker: str, lease: float) -> int:
         async with self._queue(worker) as q:
             return await q.heartbeat(lease)
+
+    async def renew(self, worker: str, lease: float) -> dict[int, tuple[int, bool]]:
+        async with self._queue(worker) as q:
+            return await q.renew(lease)
 
 
 @pytest.fixture(params=["sql", "pull"])
@@ -303,6 +313,18 @@ async def test_release_refunds_the_attempt_and_heartbeat_renews_every_lease(leas
     assert await lease.fail(ids[1], "a") == "retry"
 
 
+async def test_renew_tells_the_holder_of_cancel_requests_and_lost_leases(lease: Lease, queue: Queue,
+                                                                         dsn: str) -> None:
+    kept, cancelled, lost = [await queue.enqueue("t") for _ in range(3)]
+    assert sorted(await lease.claim("a")) == [kept, cancelled, lost]
+    assert await queue.cancel(cancelled) == "running"  # asked to stop
+    sql(dsn, "UPDATE skiplock.jobs SET lease_expires_at = now() - interval '1 second' WHERE id = %s", (lost,))
+    await queue.rescue()
+    assert await lease.renew("a", 300) == {kept: (1, False), cancelled: (1, True)}  # lost: not renewed
+    assert await lease.renew("nobody", 300) == {}
+    assert await lease.heartbeat("a", 300) == 2
+
+
 async def test_an_expired_lease_is_rescued_as_a_failed_attempt(lease: Lease, queue: Queue, dsn: str) -> None:
     job_id = await queue.enqueue("t", retry=Fixed(every=40))
     await lease.claim("a")
@@ -338,6 +360,14 @@ async def test_the_context_manager_completes_fails_and_keeps_the_lease(queue: Qu
                 raise RuntimeError("handler broke")
         async with q.claimed() as job:
             assert job is None
+        third = await queue.enqueue("t")
+        with pytest.raises(JobCancelled):
+            async with q.claimed(lease_seconds=1.5) as job:
+                assert job is not None and job.id == third and not job.cancelled
+                await queue.cancel(third)
+                await eventually(lambda: _now(job.cancelled), timeout=5)  # the next renewal says so
+                job.raise_if_cancelled()
+        assert _row(dsn, third)["state"] == "cancelled"
     assert _row(dsn, ok)["result"] == 4 and _row(dsn, ok)["state"] == "completed"
     row = _row(dsn, bad)
     assert row["state"] == "retry" and "RuntimeError: handler broke" in row["last_error"]
@@ -355,9 +385,17 @@ def test_the_sync_facade_pulls_too(dsn: str) -> None:
         assert sync.fail(conn, jobs[1], "nope", retry_in=0) == "retry"
         with sync.claimed(conn, worker_id="s", lease_seconds=1.5) as job:
             assert job is not None and job.id == second
-            import time
             time.sleep(3)
             job.result = "kept"
+        third = sync.enqueue(conn, "t")
+        with pytest.raises(JobCancelled), sync.claimed(conn, worker_id="s", lease_seconds=1.5) as job:
+            assert job is not None and job.id == third
+            sql(dsn, "UPDATE skiplock.jobs SET cancel_requested = true WHERE id = %s", (third,))
+            deadline = time.monotonic() + 5
+            while not job.cancelled and time.monotonic() < deadline:
+                time.sleep(0.1)
+            job.raise_if_cancelled()
+        assert _row(dsn, third)["state"] == "cancelled"
         assert sql(dsn, "SELECT state::text, result FROM skiplock.jobs WHERE id = %s", (second,)) == [
             ("completed", "kept")]
 
@@ -438,3 +476,7 @@ def test_migrate_rewrites_statements_that_are_out_of_date(dsn: str) -> None:
     sql(dsn, "DELETE FROM skiplock.statements WHERE name = 'claim'")
     with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState, match="run `skiplock migrate`"):
         sql(dsn, "SELECT * FROM skiplock.claim('default', 'w')")
+
+
+async def _now(value: bool) -> bool:
+    return value

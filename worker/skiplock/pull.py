@@ -102,6 +102,20 @@ def heartbeat(worker_id: str, lease_seconds: float) -> plans.Plan:
     return int(rows[0]["renewed"])
 
 
+def renew(worker_id: str, lease_seconds: float) -> plans.Plan:
+    """Renew every lease ``worker_id`` holds; returns ``{job id: (attempt, cancel requested)}`` for
+    each (an execution not in it lost its lease)."""
+    (rows,) = yield [("api_renew", {"worker_id": worker_id, "lease_seconds": float(lease_seconds)})]
+    return {r["job_id"]: (r["attempt"], r["cancel_requested"]) for r in rows}
+
+
+def note_renewal(job: PulledJob, renewed: dict[int, tuple[int, bool]]) -> None:
+    """Tell ``job`` (``job.cancelled``) when a renewal found a cancel requested or its lease lost."""
+    attempt, cancel = renewed.get(job.id, (None, True))
+    if cancel or attempt != job.attempt:
+        job._cancel.set()
+
+
 def ending(exc: BaseException | None) -> tuple[str, str | None]:
     """The outcome a ``claimed()`` block that raised ``exc`` (None: returned) records."""
     from .executor import describe

@@ -227,18 +227,27 @@ class Queue:
         renewed: int = await self._run(pull.heartbeat(self.worker_id, lease_seconds), atomic=False)
         return renewed
 
+    async def renew(self, lease_seconds: float = DEFAULT_LEASE) -> dict[int, tuple[int, bool]]:
+        """Renew every lease ``self.worker_id`` holds for ``lease_seconds``; returns ``{job id:
+        (attempt, cancel requested)}`` for each lease renewed (a job not in it lost its lease)."""
+        renewed: dict[int, tuple[int, bool]] = await self._run(pull.renew(self.worker_id, lease_seconds),
+                                                               atomic=False)
+        return renewed
+
     @contextlib.asynccontextmanager
     async def claimed(self, queue: str = "default", *, lease_seconds: float = DEFAULT_LEASE,
                       types: Sequence[str] | None = None) -> AsyncIterator[PulledJob | None]:
         """Claim one job (None if none is runnable) for the block: its lease is renewed while the
         block runs; at its end the job completes with ``job.result``, or fails with the exception
-        (``PermanentFailure``: dead; ``JobCancelled``: cancelled); a cancelled block releases it."""
+        (``PermanentFailure``: dead; ``JobCancelled``: cancelled); a cancelled block releases it.
+        ``job.cancelled`` turns true once a renewal finds a cancel requested or the lease lost
+        (``job.raise_if_cancelled()`` then ends the block)."""
         jobs = await self.claim(queue, lease_seconds=lease_seconds, types=types)
         if not jobs:
             yield None
             return
         job = jobs[0]
-        keepalive = asyncio.create_task(self._keep_alive(lease_seconds), name=f"lease-{job.id}")
+        keepalive = asyncio.create_task(self._keep_alive(job, lease_seconds), name=f"lease-{job.id}")
         try:
             yield job
         except (asyncio.CancelledError, KeyboardInterrupt):
@@ -254,11 +263,11 @@ class Queue:
             await cancel_and_wait(keepalive)
             await self._run(pull.run_ending(job, None))
 
-    async def _keep_alive(self, lease_seconds: float) -> None:
+    async def _keep_alive(self, job: PulledJob, lease_seconds: float) -> None:
         while True:
             await sleep_jittered(lease_seconds / 3 * 0.8)
             with contextlib.suppress(Exception):  # a missed renewal is retried next time; the lease outlasts two
-                await self.heartbeat(lease_seconds)
+                pull.note_renewal(job, await self.renew(lease_seconds))
 
     async def wait(self, job_id: int, timeout: float | None = None, poll_interval: float = 1.0) -> Any:
         """Wait until the job finishes and return its result; raise ``JobFailed`` if it ended dead

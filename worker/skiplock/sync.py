@@ -65,12 +65,20 @@ def heartbeat(conn: psycopg.Connection[Any], worker_id: str, lease_seconds: floa
     return renewed
 
 
+def renew(conn: psycopg.Connection[Any], worker_id: str,
+          lease_seconds: float = DEFAULT_LEASE) -> dict[int, tuple[int, bool]]:
+    """Renew every lease ``worker_id`` holds; returns ``{job id: (attempt, cancel requested)}``."""
+    renewed: dict[int, tuple[int, bool]] = run_sync(conn, pull.renew(worker_id, lease_seconds), atomic=False)
+    return renewed
+
+
 @contextlib.contextmanager
 def claimed(conn: psycopg.Connection[Any], queue: str = "default", *, worker_id: str,
             lease_seconds: float = DEFAULT_LEASE, types: Sequence[str] | None = None) -> Iterator[PulledJob | None]:
     """Claim one job for the block (None if none is runnable), as ``Queue.claimed`` does: a thread
     renews its lease on a connection of its own while the block runs (``conn`` may be inside your
-    transaction); the job completes with ``job.result``, or fails with the block's exception."""
+    transaction); the job completes with ``job.result``, or fails with the block's exception.
+    ``job.cancelled`` turns true once a renewal finds a cancel requested or the lease lost."""
     jobs = claim(conn, queue, worker_id=worker_id, lease_seconds=lease_seconds, types=types)
     if not jobs:
         yield None
@@ -79,7 +87,7 @@ def claimed(conn: psycopg.Connection[Any], queue: str = "default", *, worker_id:
     stop = threading.Event()
     keeper = threading.Thread(target=_keep_alive, name=f"lease-{job.id}", daemon=True,
                               args=(make_conninfo(conn.info.dsn, password=conn.info.password), worker_id,
-                                    lease_seconds, stop))
+                                    lease_seconds, stop, job))
     keeper.start()
     try:
         yield job
@@ -102,10 +110,10 @@ def _stop(stop: threading.Event, keeper: threading.Thread) -> None:
     keeper.join()
 
 
-def _keep_alive(conninfo: str, worker_id: str, lease_seconds: float, stop: threading.Event) -> None:
+def _keep_alive(conninfo: str, worker_id: str, lease_seconds: float, stop: threading.Event, job: PulledJob) -> None:
     from .db import connect_sync
 
     with contextlib.closing(connect_sync(conninfo, "client")) as conn:
         while not stop.wait(lease_seconds / 3):
             with contextlib.suppress(Exception):  # missed: retried next time (the lease outlasts two)
-                heartbeat(conn, worker_id, lease_seconds)
+                pull.note_renewal(job, renew(conn, worker_id, lease_seconds))

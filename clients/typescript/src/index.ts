@@ -1,4 +1,4 @@
 export { enqueue, enqueueMany } from "./enqueue.js";
-export { PermanentFailure, Worker } from "./worker.js";
+export { JobCancelled, PermanentFailure, Worker } from "./worker.js";
 export type { Handler, WorkerOptions } from "./worker.js";
 export type { EnqueueOptions, Job, JobInput, Queryable, RetryPolicy } from "./types.js";

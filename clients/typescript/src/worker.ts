@@ -7,9 +7,17 @@ import type { Job } from "./types.js";
 
 /** A handler: its return value (JSON) is stored as the job's result; a throw fails the attempt
  * (retried per the job's retry policy, then dead); `PermanentFailure` dead-letters at once. The
- * signal aborts when the worker gives the job up at shutdown (it is then released, not failed). */
+ * signal aborts when the job's cancel was requested (a throw then ends it `cancelled`), when its
+ * lease was lost (another worker may run it: its outcome will change nothing), both learnt by the
+ * heartbeat, and when the worker gives the job up at shutdown (it is then released, not failed).
+ * `signal.reason` says which: a `JobCancelled` error, or an `Error` naming the cause. */
 // eslint-disable-next-line @typescript-eslint/no-explicit-any
 export type Handler = (job: Job<any>, signal: AbortSignal) => unknown;
+
+/** The abort reason of a handler's signal when the job's cancel was requested. */
+export class JobCancelled extends Error {
+  override name = "JobCancelled";
+}
 
 /** Throw it from a handler to dead-letter the job without further attempts. */
 export class PermanentFailure extends Error {
@@ -41,6 +49,7 @@ export interface WorkerOptions {
 }
 
 interface Running {
+  attempt: number;
   controller: AbortController;
   done: Promise<void>;
 }
@@ -152,7 +161,7 @@ export class Worker {
     await Promise.race([Promise.all([...this.running.values()].map((r) => r.done)), grace]);
     for (const [jobId, entry] of this.running) {
       this.abandoned.add(jobId);
-      entry.controller.abort();
+      entry.controller.abort(new Error("the worker stopped: the job is released"));
       await this.record("SELECT skiplock.release($1, $2)", [jobId, this.id]);
     }
     this.running.clear();
@@ -244,7 +253,7 @@ export class Worker {
       this.running.delete(job.id);
       this.wake?.();
     });
-    this.running.set(job.id, { controller, done });
+    this.running.set(job.id, { attempt: job.attempt, controller, done });
   }
 
   private async perform(job: Job, signal: AbortSignal): Promise<void> {
@@ -288,14 +297,33 @@ export class Worker {
     }
   }
 
+  /** Renew every lease (`skiplock.renew`); abort the handlers of jobs whose cancel was requested or
+   * whose lease was lost. Only jobs running before the statement are judged (one claimed meanwhile
+   * may not be in its answer). */
   private async renew(): Promise<void> {
     if (this.running.size === 0) {
       return;
     }
+    const before = new Map(this.running);
+    let rows: { job_id: string; attempt: number; cancel_requested: boolean }[];
     try {
-      await this.pool.query("SELECT skiplock.heartbeat($1, $2)", [this.id, this.leaseSeconds]);
+      ({ rows } = await this.pool.query("SELECT job_id, attempt, cancel_requested FROM skiplock.renew($1, $2)",
+        [this.id, this.leaseSeconds]));
     } catch (error) {
       this.onError(error);
+      return;
+    }
+    const renewed = new Map(rows.map((r) => [Number(r.job_id), r]));
+    for (const [jobId, entry] of before) {
+      const row = renewed.get(jobId);
+      if (this.running.get(jobId) !== entry || entry.controller.signal.aborted) {
+        continue; // finished meanwhile, or told already
+      }
+      if (row === undefined || row.attempt !== entry.attempt) {
+        entry.controller.abort(new Error(`job ${jobId}: the lease was lost (the job may run elsewhere)`));
+      } else if (row.cancel_requested) {
+        entry.controller.abort(new JobCancelled(`job ${jobId}: cancel requested`));
+      }
     }
   }
 }

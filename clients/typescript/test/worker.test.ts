@@ -3,7 +3,7 @@ import { after, before, test } from "node:test";
 
 import pg from "pg";
 
-import { enqueue, enqueueMany, PermanentFailure, Worker } from "../src/index.js";
+import { enqueue, enqueueMany, JobCancelled, PermanentFailure, Worker } from "../src/index.js";
 import type { Job } from "../src/index.js";
 import { databaseUrl, eventually, sleep, sql } from "./helpers.js";
 
@@ -116,6 +116,25 @@ test("stop waits for running jobs within the grace, then releases the rest unspe
     "SELECT state::text AS state, attempts, worker_id FROM skiplock.jobs WHERE id = ANY($1) ORDER BY id", [[quick, stuck]]);
   assert.deepEqual(rows.map((r) => [r.state, r.attempts]), [["completed", 1], ["pending", 0]]);
   assert.ok(aborted, "the handler was told");
+});
+
+test("the heartbeat tells a handler its job was cancelled, and the job ends cancelled", async () => {
+  const id = await enqueue(pool, "long", {}, { queue: "ts-cancel" });
+  let reason: unknown = null;
+  const worker = new Worker({
+    connectionString: databaseUrl(), queues: ["ts-cancel"], pollSeconds: 0.1, heartbeatSeconds: 0.2,
+    handlers: {
+      long: (_job: Job, signal: AbortSignal) => new Promise((_resolve, reject) => {
+        signal.addEventListener("abort", () => { reason = signal.reason; reject(signal.reason); });
+      }),
+    },
+  });
+  await worker.start();
+  await eventually(async () => (await states("ts-cancel"))[0] === "running");
+  await sql("UPDATE skiplock.jobs SET cancel_requested = true WHERE id = $1", [id]); // as `skiplock jobs cancel` does
+  await eventually(async () => (await states("ts-cancel"))[0] === "cancelled");
+  await worker.stop();
+  assert.ok(reason instanceof JobCancelled, `the signal's reason: ${String(reason)}`);
 });
 
 test("options are checked", () => {

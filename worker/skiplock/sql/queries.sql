@@ -826,3 +826,7 @@ SELECT * FROM skiplock.claim(%(queue)s, %(worker_id)s, %(max_jobs)s, %(lease_sec
 -- name: api_heartbeat
 -- The pull API's heartbeat: every lease of this worker id.
 SELECT skiplock.heartbeat(%(worker_id)s, %(lease_seconds)s) AS renewed;
+
+-- name: api_renew
+-- The pull API's renewal: every lease of this worker id, each with its cancel flag.
+SELECT job_id, attempt, cancel_requested FROM skiplock.renew(%(worker_id)s, %(lease_seconds)s);
